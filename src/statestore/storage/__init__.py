@@ -1,0 +1,46 @@
+"""Storage: the contract (:class:`Storage`), backends chosen by URL, and the module functions.
+
+Layout of this package, one concern per module:
+
+* ``_base.py``: the :class:`Storage` base, every rule of the contract, the primitives
+* ``_layout.py``: savepoint bytes (manifest, packs, checksums, compression)
+* ``_validate.py``: argument checks
+* ``_registry.py``: URL scheme to backend, :func:`open_storage`
+* ``_functions.py``: the process-wide configured storage and the seed's functions
+* ``_memory.py``, ``_sqlite.py``, ``_files.py``, ``_postgres.py``: one backend each
+"""
+
+from __future__ import annotations
+
+from ._base import Savepoint, SavepointInfo, Storage
+from ._functions import (
+    delete_old_savepoints,
+    delete_run,
+    get_config,
+    get_latest_savepoint,
+    init_config,
+    init_storage,
+    is_initialized,
+    last_persisted_timestamp,
+    save_run_state,
+)
+from ._memory import MemoryStorage
+from ._registry import open_storage, redact_url
+
+__all__ = [
+    "MemoryStorage",
+    "Savepoint",
+    "SavepointInfo",
+    "Storage",
+    "delete_old_savepoints",
+    "delete_run",
+    "get_config",
+    "get_latest_savepoint",
+    "init_config",
+    "init_storage",
+    "is_initialized",
+    "last_persisted_timestamp",
+    "open_storage",
+    "redact_url",
+    "save_run_state",
+]

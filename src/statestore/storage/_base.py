@@ -1,0 +1,284 @@
+"""The storage contract: one abstract base, policy written once, primitives per backend.
+
+:class:`Storage` holds every rule of the contract (argument validation, encoding,
+checksums, the savepoint layout, retention, error translation). A backend subclasses
+it and implements only the storage primitives below, each a small, mostly atomic
+operation on named bytes; a new backend is a file of a few hundred lines, and the
+shared conformance suite (:mod:`statestore.testing`) checks it.
+
+Primitives a backend implements (``run_id`` is always already validated):
+
+===============================  =======================================================
+``_create_run(run_id)``          make storage for the run; idempotent
+``_run_exists(run_id)``          whether that storage exists
+``_list_run_ids()``              every run id
+``_drop_run(run_id)``            delete everything of the run at once; no-op if unknown
+``_take_writer_token(run_id)``   increment and return the run's writer token
+``_commit(run_id, record, fence)`` store ``record.blobs`` and the manifest at
+                                 ``record.timestamp`` (replacing one there) as one atomic,
+                                 durable step; check ``fence`` against the writer token
+                                 inside it
+``_read_manifest(run_id, ts)``   ``(timestamp, manifest)`` at ``ts`` (latest when None)
+``_read_blobs(run_id, names)``   the named blobs that exist
+``_index(run_id)``               ``SavepointInfo`` rows, ascending
+``_delete_savepoints(run_id, timestamps)``  drop those manifests and every blob no
+                                 remaining savepoint refers to
+===============================  =======================================================
+
+Blobs are immutable and uniquely named, so a backend never overwrites data in place;
+what a savepoint refers to is ``record.refs``, which the backend keeps beside the
+manifest to know which blobs are still needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from ..codecs import Codec, SafeCodec
+from ..errors import (
+    BackendError,
+    NoSavepointError,
+    RunNotInitializedError,
+    StaleWriterError,
+    StateStoreError,
+)
+from . import _layout, _validate
+from ._layout import SavepointRecord
+
+__all__ = ["Savepoint", "SavepointInfo", "Storage"]
+
+
+class Savepoint(NamedTuple):
+    """The state of every entity of a run at ``timestamp``, in save order."""
+
+    timestamp: int
+    entities: list[tuple[str, Any]]
+
+
+class SavepointInfo(NamedTuple):
+    """One row of :meth:`Storage.list_savepoints`: ``size`` is the bytes it stored."""
+
+    timestamp: int
+    entity_count: int
+    size: int
+
+
+class Storage(ABC):
+    """Abstract base of every backend; see the module docstring for the primitives.
+
+    A storage object may be shared by threads. Use it as a context manager, or call
+    :meth:`close` when done.
+    """
+
+    #: Driver exceptions this backend lets escape its primitives; translated to
+    #: :class:`~statestore.errors.BackendError` in one place (:meth:`_boundary`).
+    driver_errors: tuple[type[BaseException], ...] = (OSError,)
+
+    def __init__(self, codec: Codec | None = None) -> None:
+        self.codec: Codec = codec if codec is not None else SafeCodec()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- the contract
+
+    def is_initialized(self, run_id: str) -> bool:
+        """Whether storage exists for ``run_id``."""
+        run_id = _validate.run_id(run_id)
+        with self._boundary(run_id):
+            return self._run_exists(run_id)
+
+    def init_storage(self, run_id: str) -> None:
+        """Create storage for ``run_id``; calling it again changes nothing."""
+        run_id = _validate.run_id(run_id)
+        with self._boundary(run_id):
+            self._create_run(run_id)
+
+    def save_savepoint(
+        self,
+        run_id: str,
+        timestamp: int,
+        entities: Iterable[tuple[str, Any]],
+        *,
+        writer_token: int | None = None,
+    ) -> None:
+        """Persist one savepoint, all or nothing; durable once this returns.
+
+        Saving at an existing timestamp replaces that savepoint. With
+        ``writer_token``, the save is refused with
+        :class:`~statestore.errors.StaleWriterError` (storing nothing) unless the
+        token is still the run's current one (see :meth:`acquire_writer`).
+        """
+        run_id = _validate.run_id(run_id)
+        timestamp = _validate.timestamp(timestamp)
+        ids, states = _validate.entities(entities, run_id)
+        if writer_token is not None:
+            _validate.timestamp(writer_token)  # same domain: a non-negative int64
+        encoded = [
+            _layout.encode_state(self.codec, entity_id, state, run_id)
+            for entity_id, state in zip(ids, states, strict=True)
+        ]
+        record = _layout.build_record(run_id, timestamp, self.codec, ids, encoded)
+        with self._boundary(run_id, timestamp):
+            self._commit(run_id, record, writer_token)
+
+    def get_latest_savepoint(self, run_id: str) -> Savepoint:
+        """The savepoint with the highest timestamp; ``NoSavepointError`` when none."""
+        run_id = _validate.run_id(run_id)
+        return self._load(run_id, None)
+
+    def get_latest_savepoint_timestamp(self, run_id: str) -> int:
+        """The highest savepoint timestamp of the run, without reading any state."""
+        run_id = _validate.run_id(run_id)
+        with self._boundary(run_id):
+            rows = self._index(run_id)
+        if not rows:
+            raise NoSavepointError(f"run {run_id!r} has no savepoint")
+        return rows[-1].timestamp
+
+    def get_savepoint(self, run_id: str, timestamp: int) -> Savepoint:
+        """The savepoint at exactly ``timestamp``; ``NoSavepointError`` when none."""
+        run_id = _validate.run_id(run_id)
+        return self._load(run_id, _validate.timestamp(timestamp))
+
+    def list_savepoints(self, run_id: str) -> list[SavepointInfo]:
+        """Every savepoint of the run, ascending by timestamp (empty for an unknown run)."""
+        run_id = _validate.run_id(run_id)
+        with self._boundary(run_id):
+            return list(self._index(run_id))
+
+    def list_runs(self) -> list[str]:
+        """Every run id with storage, sorted."""
+        with self._boundary():
+            return sorted(self._list_run_ids())
+
+    def delete_old_savepoints(self, run_id: str, keep_n: int) -> None:
+        """Keep the ``keep_n`` newest savepoints of the run, delete the rest."""
+        run_id = _validate.run_id(run_id)
+        keep_n = _validate.keep_n(keep_n)
+        with self._boundary(run_id):
+            rows = self._index(run_id)
+            doomed = rows[: max(len(rows) - keep_n, 0)]
+            if doomed:
+                self._delete_savepoints(run_id, [row.timestamp for row in doomed])
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete everything of the run; unknown runs are ignored."""
+        run_id = _validate.run_id(run_id)
+        with self._boundary(run_id):
+            self._drop_run(run_id)
+
+    def acquire_writer(self, run_id: str) -> int:
+        """Take the run's writer token: a number that only grows.
+
+        Saves passing an older token are refused from then on, across threads,
+        processes and (for server backends) hosts.
+        """
+        run_id = _validate.run_id(run_id)
+        with self._boundary(run_id):
+            if not self._run_exists(run_id):
+                raise RunNotInitializedError(f"run {run_id!r} is not initialized")
+            return self._take_writer_token(run_id)
+
+    def close(self) -> None:
+        """Release connections and files; further use is an error of the caller."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with self._boundary():
+            self._close()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- shared helpers
+
+    def _load(self, run_id: str, timestamp: int | None) -> Savepoint:
+        with self._boundary(run_id, timestamp):
+            found = self._read_manifest(run_id, timestamp)
+            if found is None:
+                where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
+                raise NoSavepointError(f"run {run_id!r} has {where}")
+            found_ts, manifest_bytes = found
+            manifest = _layout.decode_manifest(run_id, found_ts, manifest_bytes)
+            packs = self._read_blobs(run_id, manifest.packs)
+        codec = _layout.codec_for(manifest, self.codec, run_id)
+        return Savepoint(found_ts, _layout.decode_states(run_id, manifest, packs, codec))
+
+    @contextlib.contextmanager
+    def _boundary(self, run_id: str | None = None, timestamp: int | None = None) -> Iterator[None]:
+        """Translate this backend's driver errors into BackendError, naming run and timestamp."""
+        try:
+            yield
+        except StateStoreError:
+            raise
+        except self.driver_errors as exc:
+            where = "" if run_id is None else f"run {run_id!r}: "
+            if timestamp is not None:
+                where += f"savepoint {timestamp}: "
+            raise BackendError(f"{where}{self._describe_failure(exc)}") from None
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        """One line about a driver error; backends override to redact secrets."""
+        return f"{type(self).__name__} failed: {type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def _stale(run_id: str, fence: int, current: int) -> StaleWriterError:
+        return StaleWriterError(
+            f"run {run_id!r}: writer token {fence} is stale (current token is {current}); "
+            "another writer has taken this run, nothing was stored"
+        )
+
+    @staticmethod
+    def _not_initialized(run_id: str) -> RunNotInitializedError:
+        return RunNotInitializedError(
+            f"run {run_id!r} is not initialized; call init_storage({run_id!r}) first"
+        )
+
+    # ---------------------------------------------------------------- primitives
+
+    @abstractmethod
+    def _create_run(self, run_id: str) -> None: ...
+
+    @abstractmethod
+    def _run_exists(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    def _list_run_ids(self) -> list[str]: ...
+
+    @abstractmethod
+    def _drop_run(self, run_id: str) -> None: ...
+
+    @abstractmethod
+    def _take_writer_token(self, run_id: str) -> int: ...
+
+    @abstractmethod
+    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None: ...
+
+    @abstractmethod
+    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None: ...
+
+    @abstractmethod
+    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]: ...
+
+    @abstractmethod
+    def _index(self, run_id: str) -> list[SavepointInfo]: ...
+
+    @abstractmethod
+    def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None: ...
+
+    def _close(self) -> None:  # noqa: B027 - optional hook, most backends hold resources
+        """Release resources; the default has none."""

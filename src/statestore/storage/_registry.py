@@ -1,0 +1,78 @@
+"""Choosing a backend by URL: one table, imported lazily, with install hints.
+
+Each scheme maps to ``module:Class``; the module is imported only when a URL of that
+scheme is opened, so ``import statestore`` never pays for (or needs) psycopg.
+Third-party backends register under the ``statestore.backends`` entry-point group
+with their scheme as the name; their class must offer ``from_url(url, codec, **options)``
+like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from importlib.metadata import entry_points
+from typing import Any, Protocol, cast
+
+from ..codecs import Codec
+from ..errors import ConfigError
+from ._base import Storage
+
+__all__ = ["open_storage", "redact_url"]
+
+# scheme -> (module, class, extra to install when the import fails)
+_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("statestore.storage._memory", "MemoryStorage", None),
+    "sqlite": ("statestore.storage._sqlite", "SQLiteStorage", None),
+    "file": ("statestore.storage._files", "FileStorage", None),
+    "postgresql": ("statestore.storage._postgres", "PostgresStorage", "postgres"),
+    "postgres": ("statestore.storage._postgres", "PostgresStorage", "postgres"),
+}
+
+_PASSWORD = re.compile(r"(?P<head>^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*:)(?P<password>[^/@]*)(?=@)")
+
+
+class _FromUrl(Protocol):
+    def from_url(self, url: str, codec: Codec | None, **options: Any) -> Storage: ...
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``: safe for messages and logs."""
+    return _PASSWORD.sub(r"\g<head>***", url)
+
+
+def open_storage(url: str, codec: Codec | None = None, **options: Any) -> Storage:
+    """Open the backend a URL names.
+
+    >>> storage = open_storage("memory://")
+    >>> storage.init_storage("run-1")
+
+    ``memory://[NAME]``, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``,
+    ``file:///absolute/dir``, ``postgresql://user:pass@host:port/db``. ``codec``
+    defaults to :class:`~statestore.codecs.SafeCodec`; ``options`` go to the backend.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"not a storage URL: {redact_url(str(url))!r} (expected e.g. sqlite:///statestore.db)"
+        )
+    scheme = url.split("://", 1)[0].lower()
+    backend = _load_backend(scheme, url)
+    return backend.from_url(url, codec, **options)
+
+
+def _load_backend(scheme: str, url: str) -> _FromUrl:
+    if scheme in _BACKENDS:
+        module_name, class_name, extra = _BACKENDS[scheme]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            hint = f"; install it with: pip install 'statestore[{extra}]'" if extra else ""
+            raise ConfigError(
+                f"the {scheme}:// backend is not available ({exc.name} missing){hint}"
+            ) from None
+        return cast(_FromUrl, getattr(module, class_name))
+    for entry in entry_points(group="statestore.backends"):
+        if entry.name == scheme:
+            return cast(_FromUrl, entry.load())
+    known = ", ".join(f"{name}://" for name in sorted(_BACKENDS))
+    raise ConfigError(f"unknown storage scheme in {redact_url(url)!r}; known: {known}")
