@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 from ..codecs import Codec, SafeCodec
 from ..errors import (
     BackendError,
+    InvalidArgumentError,
     NoSavepointError,
     RunNotInitializedError,
     StaleWriterError,
@@ -113,15 +114,59 @@ class Storage(ABC):
         :class:`~statestore.errors.StaleWriterError` (storing nothing) unless the
         token is still the run's current one (see :meth:`acquire_writer`).
         """
-        run_id = _validate.run_id(run_id)
-        timestamp = _validate.timestamp(timestamp)
+        run_id = _validate.save_target(run_id, timestamp, writer_token)
         ids, states = _validate.entities(entities, run_id)
-        if writer_token is not None:
-            _validate.timestamp(writer_token)  # same domain: a non-negative int64
         encoded = [
             _layout.encode_state(self.codec, entity_id, state, run_id)
             for entity_id, state in zip(ids, states, strict=True)
         ]
+        self._save(run_id, timestamp, ids, encoded, writer_token)
+
+    def encode_state(self, run_id: str, entity_id: str, state: Any) -> bytes:
+        """Encode one state with this storage's codec, as :meth:`save_encoded_savepoint` takes it.
+
+        Encoding at the moment of the call captures the state by value: the caller may
+        mutate the object afterwards. Raises :class:`~statestore.errors.EncodeError`
+        naming the run, the entity and the type.
+        """
+        run_id = _validate.run_id(run_id)
+        if not isinstance(entity_id, str):
+            raise InvalidArgumentError(
+                f"run {run_id!r}: entity id must be a str, not {entity_id!r}"
+            )
+        return _layout.encode_state(self.codec, entity_id, state, run_id)
+
+    def save_encoded_savepoint(
+        self,
+        run_id: str,
+        timestamp: int,
+        encoded_entities: Iterable[tuple[str, bytes]],
+        *,
+        writer_token: int | None = None,
+    ) -> None:
+        """Like :meth:`save_savepoint`, with states already encoded by :meth:`encode_state`.
+
+        The engine encodes each state once when an entity saves it and reuses the
+        bytes for every savepoint that save fills.
+        """
+        run_id = _validate.save_target(run_id, timestamp, writer_token)
+        ids, encoded = _validate.entities(encoded_entities, run_id)
+        for entity_id, data in zip(ids, encoded, strict=True):
+            if not isinstance(data, bytes):
+                raise InvalidArgumentError(
+                    f"run {run_id!r}: entity {entity_id!r}: encoded state must be bytes, "
+                    f"not {type(data).__name__}"
+                )
+        self._save(run_id, timestamp, ids, encoded, writer_token)
+
+    def _save(
+        self,
+        run_id: str,
+        timestamp: int,
+        ids: list[str],
+        encoded: list[bytes],
+        writer_token: int | None,
+    ) -> None:
         record = _layout.build_record(run_id, timestamp, self.codec, ids, encoded)
         with self._boundary(run_id, timestamp):
             self._commit(run_id, record, writer_token)
@@ -183,6 +228,11 @@ class Storage(ABC):
             if not self._run_exists(run_id):
                 raise RunNotInitializedError(f"run {run_id!r} is not initialized")
             return self._take_writer_token(run_id)
+
+    def compact(self) -> None:
+        """Give space freed by deleted savepoints back to the operating system."""
+        with self._boundary():
+            self._compact()
 
     def close(self) -> None:
         """Release connections and files; further use is an error of the caller."""
@@ -280,5 +330,8 @@ class Storage(ABC):
     @abstractmethod
     def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None: ...
 
-    def _close(self) -> None:  # noqa: B027 - optional hook, most backends hold resources
+    def _close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default has none."""
+
+    def _compact(self) -> None:  # noqa: B027 - optional hook
+        """Return freed space to the OS (SQLite VACUUM, ...); the default has nothing to do."""

@@ -37,6 +37,21 @@ def timestamp(value: Any) -> int:
     return value
 
 
+def writer_token(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_TIMESTAMP:
+        raise InvalidArgumentError(f"writer_token must be an int >= 0, not {_describe(value)}")
+    return value
+
+
+def save_target(run: Any, ts: Any, token: Any) -> str:
+    """Check the scalar arguments of a save, before any state is encoded."""
+    run = run_id(run)
+    timestamp(ts)
+    if token is not None:
+        writer_token(token)
+    return run
+
+
 def keep_n(value: Any) -> int:
     if type(value) is not int or value < 0:
         raise InvalidArgumentError(f"keep_n must be an int >= 0, not {_describe(value)}")
