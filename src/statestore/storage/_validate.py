@@ -45,11 +45,11 @@ def writer_token(value: Any) -> int:
 
 def save_target(run: Any, ts: Any, token: Any) -> str:
     """Check the scalar arguments of a save, before any state is encoded."""
-    run = run_id(run)
+    checked = run_id(run)
     timestamp(ts)
     if token is not None:
         writer_token(token)
-    return run
+    return checked
 
 
 def keep_n(value: Any) -> int:
