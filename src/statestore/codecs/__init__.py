@@ -2,7 +2,8 @@
 
 A codec is any object with a stable ``name`` (stored with every savepoint), an
 ``encode(value) -> bytes`` that raises :class:`~statestore.errors.EncodeError` for a
-value it cannot write, and a ``decode(bytes) -> value`` that raises on bad bytes.
+value it cannot write, and a ``decode(data) -> value`` that raises on bad bytes (``data``
+is ``bytes`` or a ``memoryview`` into a stored pack, read without copying).
 Checksums, compression and headers are added around the codec's bytes by
 :mod:`statestore.storage._layout`, once, for every codec.
 """
@@ -25,4 +26,4 @@ class Codec(Protocol):
 
     def encode(self, value: object) -> bytes: ...
 
-    def decode(self, data: bytes) -> object: ...
+    def decode(self, data: bytes | memoryview) -> object: ...

@@ -46,7 +46,7 @@ class PickleCodec:
             return data
         return hmac.new(self._key, data, _DIGEST).digest() + data
 
-    def decode(self, data: bytes) -> object:
+    def decode(self, data: bytes | memoryview) -> object:
         if self._key is None:
             return pickle.loads(data)
         signature, payload = data[:_SIGNATURE_SIZE], data[_SIGNATURE_SIZE:]

@@ -194,7 +194,7 @@ class SafeCodec:
 
     # -- decoding -------------------------------------------------------------------
 
-    def decode(self, data: bytes) -> object:
+    def decode(self, data: bytes | memoryview) -> object:
         """Decode one value; raises ``ValueError`` (or another exception) on bad bytes."""
         try:
             return ormsgpack.unpackb(
@@ -204,7 +204,7 @@ class SafeCodec:
             # ormsgpack refuses extension-typed map keys (a tuple key); msgpack takes them.
             return self._unpack_reference(data)
 
-    def _unpack_reference(self, data: bytes) -> object:
+    def _unpack_reference(self, data: bytes | memoryview) -> object:
         return msgpack.unpackb(
             data, ext_hook=self._from_ext, strict_map_key=False, raw=False, use_list=True
         )

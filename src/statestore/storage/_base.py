@@ -16,8 +16,9 @@ Primitives a backend implements (``run_id`` is always already validated):
 ``_take_writer_token(run_id)``   increment and return the run's writer token
 ``_commit(run_id, record, fence)`` store ``record.blobs`` and the manifest at
                                  ``record.timestamp`` (replacing one there) as one atomic,
-                                 durable step; check ``fence`` against the writer token
-                                 inside it
+                                 durable step; inside it, check ``fence`` against the
+                                 writer token and raise ``MissingBlobsError`` if a name
+                                 of ``record.refs`` not in ``record.blobs`` is not stored
 ``_read_manifest(run_id, ts)``   ``(timestamp, manifest)`` at ``ts`` (latest when None)
 ``_read_blobs(run_id, names)``   the named blobs that exist
 ``_index(run_id)``               ``SavepointInfo`` rows, ascending
@@ -27,7 +28,10 @@ Primitives a backend implements (``run_id`` is always already validated):
 
 Blobs are immutable and uniquely named, so a backend never overwrites data in place;
 what a savepoint refers to is ``record.refs``, which the backend keeps beside the
-manifest to know which blobs are still needed.
+manifest to know which blobs are still needed. ``_commit``, ``_delete_savepoints`` and
+``_drop_run`` of one run must not interleave (a write transaction, a lock on the run):
+an incremental savepoint refers to blobs of earlier savepoints, and the check that
+they still exist must hold until the commit is done.
 """
 
 from __future__ import annotations
@@ -49,9 +53,20 @@ from ..errors import (
     StateStoreError,
 )
 from . import _layout, _validate
-from ._layout import SavepointRecord
+from ._layout import RunIndex, SavepointRecord
 
-__all__ = ["Savepoint", "SavepointInfo", "Storage"]
+__all__ = ["MissingBlobsError", "Savepoint", "SavepointInfo", "Storage"]
+
+#: How many runs' previous savepoints one storage object remembers for incremental saves.
+INDEX_CACHE_RUNS = 64
+
+
+class MissingBlobsError(Exception):
+    """Raised by ``_commit`` when a referenced older blob is gone; never reaches users.
+
+    The base then saves again in full. It happens when another process pruned or
+    replaced the savepoint this one's incremental save was based on.
+    """
 
 
 class Savepoint(NamedTuple):
@@ -84,6 +99,10 @@ class Storage(ABC):
         self.codec: Codec = codec if codec is not None else SafeCodec()
         self._closed = False
         self._close_lock = threading.Lock()
+        # The previous savepoint of recently written or loaded runs, by entity: what
+        # makes the next save incremental. Insertion-ordered; oldest evicted first.
+        self._run_index: dict[str, RunIndex] = {}
+        self._run_index_lock = threading.Lock()
 
     # ---------------------------------------------------------------- the contract
 
@@ -167,9 +186,37 @@ class Storage(ABC):
         encoded: list[bytes],
         writer_token: int | None,
     ) -> None:
-        record = _layout.build_record(run_id, timestamp, self.codec, ids, encoded)
-        with self._boundary(run_id, timestamp):
-            self._commit(run_id, record, writer_token)
+        base = self._cached_index(run_id)
+        record, index = _layout.build_record(run_id, timestamp, self.codec, ids, encoded, base=base)
+        try:
+            with self._boundary(run_id, timestamp):
+                try:
+                    self._commit(run_id, record, writer_token)
+                except MissingBlobsError:
+                    # The base savepoint was pruned under us: save every state anew.
+                    record, index = _layout.build_record(
+                        run_id, timestamp, self.codec, ids, encoded
+                    )
+                    self._commit(run_id, record, writer_token)
+        except BaseException:
+            self._forget_index(run_id)
+            raise
+        self._remember_index(run_id, index)
+
+    def _cached_index(self, run_id: str) -> RunIndex | None:
+        with self._run_index_lock:
+            return self._run_index.get(run_id)
+
+    def _remember_index(self, run_id: str, index: RunIndex) -> None:
+        with self._run_index_lock:
+            self._run_index.pop(run_id, None)
+            self._run_index[run_id] = index
+            while len(self._run_index) > INDEX_CACHE_RUNS:
+                del self._run_index[next(iter(self._run_index))]
+
+    def _forget_index(self, run_id: str) -> None:
+        with self._run_index_lock:
+            self._run_index.pop(run_id, None)
 
     def get_latest_savepoint(self, run_id: str) -> Savepoint:
         """The savepoint with the highest timestamp; ``NoSavepointError`` when none."""
@@ -214,6 +261,7 @@ class Storage(ABC):
     def delete_run(self, run_id: str) -> None:
         """Delete everything of the run; unknown runs are ignored."""
         run_id = _validate.run_id(run_id)
+        self._forget_index(run_id)
         with self._boundary(run_id):
             self._drop_run(run_id)
 
@@ -266,7 +314,10 @@ class Storage(ABC):
             manifest = _layout.decode_manifest(run_id, found_ts, manifest_bytes)
             packs = self._read_blobs(run_id, manifest.packs)
         codec = _layout.codec_for(manifest, self.codec, run_id)
-        return Savepoint(found_ts, _layout.decode_states(run_id, manifest, packs, codec))
+        entities, index = _layout.decode_states(run_id, manifest, packs, codec)
+        if timestamp is None:  # a resumed run saves next: base that save on what it loaded
+            self._remember_index(run_id, index)
+        return Savepoint(found_ts, entities)
 
     @contextlib.contextmanager
     def _boundary(self, run_id: str | None = None, timestamp: int | None = None) -> Iterator[None]:

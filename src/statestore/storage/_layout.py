@@ -6,12 +6,18 @@ A savepoint is stored as two kinds of blob, written by every backend alike:
   (``SSPK`` and the format version);
 * a **manifest** says, for every entity in save order, which pack holds its state, at
   which offset and length, whether it is zstd-compressed, its uncompressed length and
-  the CRC-32 of its stored bytes; it also names the codec. The manifest itself is
-  ``SSMF`` + version + CRC-32 of the body + the MessagePack body.
+  the CRC-32 of its stored bytes; it also names the codec and the size of every pack
+  it points into. The manifest itself is ``SSMF`` + version + CRC-32 of the body + the
+  MessagePack body.
 
-Because the manifest addresses states by pack and offset, a later savepoint can point
-at states an earlier savepoint wrote (the incremental layout) without any backend
-knowing: backends only store named blobs and manifests.
+**Incremental savepoints.** Because the manifest addresses states by pack and offset,
+a savepoint points at the unchanged states an earlier savepoint wrote and packs only
+the states that changed (compared byte for byte with the run's previous savepoint,
+see :class:`RunIndex`). Backends know nothing of this: they store named, immutable
+blobs and free the ones no remaining manifest refers to. To keep loading one bounded
+read, a pack of which less than half is still referenced has its live states copied
+forward into the new pack, so the packs a savepoint refers to never hold more than
+about twice its live bytes.
 
 Reading checks every checksum before decoding, bounds every decompression by the
 length the manifest declares, and turns anything wrong into
@@ -68,6 +74,7 @@ class Manifest:
     timestamp: int
     codec: str
     packs: list[str]
+    pack_sizes: list[int]
     ids: list[str]
     pack_index: list[int]
     offsets: list[int]
@@ -75,6 +82,31 @@ class Manifest:
     raw_lengths: list[int]
     flags: list[int]
     crcs: list[int]
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """Where one entity's state lives, with its encoded bytes to compare against."""
+
+    raw: bytes | memoryview
+    pack: str
+    offset: int
+    length: int
+    flags: int
+    crc: int
+
+
+@dataclass(frozen=True)
+class RunIndex:
+    """The previous savepoint of a run, by entity: the base of the next incremental save."""
+
+    timestamp: int
+    states: dict[str, StoredState]
+    pack_sizes: dict[str, int]
+
+
+#: A pack of which a smaller fraction is still referenced gets its live states rewritten.
+MIN_LIVE_FRACTION = 0.5
 
 
 def new_pack_name(timestamp: int) -> str:
@@ -99,40 +131,95 @@ def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> by
     return data
 
 
+def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex | None) -> list[bool]:
+    """Which states are byte-identical to the base and sit in packs worth keeping."""
+    if base is None:
+        return [False] * len(ids)
+    reuse: list[bool] = []
+    live: dict[str, int] = {}
+    for entity_id, data in zip(ids, encoded, strict=True):
+        old = base.states.get(entity_id)
+        same = old is not None and old.raw == data
+        reuse.append(same)
+        if same and old is not None:
+            live[old.pack] = live.get(old.pack, 0) + old.length
+    # Copy forward the states of mostly-dead packs, so loading stays a bounded read.
+    sparse = {p for p, n in live.items() if n < MIN_LIVE_FRACTION * base.pack_sizes.get(p, 0)}
+    if sparse:
+        for i, entity_id in enumerate(ids):
+            if reuse[i] and base.states[entity_id].pack in sparse:
+                reuse[i] = False
+    return reuse
+
+
 def build_record(
-    run_id: str, timestamp: int, codec: Codec, ids: Sequence[str], encoded: Sequence[bytes]
-) -> SavepointRecord:
-    """Lay encoded states out as one new pack and a manifest pointing into it."""
+    run_id: str,
+    timestamp: int,
+    codec: Codec,
+    ids: Sequence[str],
+    encoded: Sequence[bytes],
+    *,
+    base: RunIndex | None = None,
+) -> tuple[SavepointRecord, RunIndex]:
+    """Lay states out as a manifest plus one new pack holding the states not in ``base``.
+
+    Returns the record to commit and the run index it leaves behind (the base of the
+    next save once the commit succeeds).
+    """
+    reuse = _reusable(ids, encoded, base)
     pack_name = new_pack_name(timestamp)
+    packs: dict[str, int] = {}  # pack name -> index in the manifest
+    pack_sizes: list[int] = []
     parts: list[bytes] = [_PACK_HEADER]
+    offset = len(_PACK_HEADER)
+    index: list[int] = []
     offsets: list[int] = []
     lengths: list[int] = []
     raw_lengths: list[int] = []
     flags: list[int] = []
     crcs: list[int] = []
-    offset = len(_PACK_HEADER)
+    states: dict[str, StoredState] = {}
     compressor: zstandard.ZstdCompressor | None = None
-    for raw in encoded:
-        data, flag, raw_length = raw, 0, len(raw)
-        if raw_length > COMPRESS_THRESHOLD:
-            compressor = compressor or zstandard.ZstdCompressor(level=3, write_content_size=True)
-            compressed = compressor.compress(raw)
-            if len(compressed) < raw_length:
-                data, flag = compressed, _FLAG_ZSTD
-        parts.append(data)
-        offsets.append(offset)
-        lengths.append(len(data))
-        raw_lengths.append(raw_length)
-        flags.append(flag)
-        crcs.append(zlib.crc32(data))
-        offset += len(data)
+    for entity_id, raw, reused in zip(ids, encoded, reuse, strict=True):
+        if reused and base is not None:
+            stored = base.states[entity_id]
+            if stored.pack not in packs:
+                packs[stored.pack] = len(packs)
+                pack_sizes.append(base.pack_sizes[stored.pack])
+        else:
+            data, flag = raw, 0
+            if len(raw) > COMPRESS_THRESHOLD:
+                compressor = compressor or zstandard.ZstdCompressor(
+                    level=3, write_content_size=True
+                )
+                compressed = compressor.compress(raw)
+                if len(compressed) < len(raw):
+                    data, flag = compressed, _FLAG_ZSTD
+            if pack_name not in packs:
+                packs[pack_name] = len(packs)
+                pack_sizes.append(0)  # filled in once the pack is complete
+            stored = StoredState(raw, pack_name, offset, len(data), flag, zlib.crc32(data))
+            parts.append(data)
+            offset += len(data)
+        states[entity_id] = stored
+        index.append(packs[stored.pack])
+        offsets.append(stored.offset)
+        lengths.append(stored.length)
+        raw_lengths.append(len(raw))
+        flags.append(stored.flags)
+        crcs.append(stored.crc)
+    blobs: dict[str, bytes] = {}
+    if pack_name in packs:
+        blobs[pack_name] = b"".join(parts)
+        pack_sizes[packs[pack_name]] = offset
     body = msgpack.packb(
         {
             "ts": timestamp,
             "codec": codec.name,
-            "packs": [pack_name],
+            "packs": list(packs),
+            "pack_sizes": pack_sizes,
             "ids": list(ids),
-            "pack": [0] * len(ids),
+            "pack": index,
             "offset": offsets,
             "length": lengths,
             "raw": raw_lengths,
@@ -142,13 +229,14 @@ def build_record(
         use_bin_type=True,
     )
     manifest = _MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, zlib.crc32(body)) + body
-    return SavepointRecord(
+    record = SavepointRecord(
         timestamp=timestamp,
         manifest=manifest,
-        blobs={pack_name: b"".join(parts)},
-        refs=(pack_name,),
+        blobs=blobs,
+        refs=tuple(packs),
         entity_count=len(ids),
     )
+    return record, RunIndex(timestamp, states, dict(zip(packs, pack_sizes, strict=True)))
 
 
 def _corrupt(run_id: str, timestamp: int, why: str) -> CorruptSavepointError:
@@ -176,6 +264,7 @@ def decode_manifest(run_id: str, timestamp: int, data: bytes) -> Manifest:
             timestamp=int(fields["ts"]),
             codec=str(fields["codec"]),
             packs=list(fields["packs"]),
+            pack_sizes=list(fields["pack_sizes"]),
             ids=list(fields["ids"]),
             pack_index=list(fields["pack"]),
             offsets=list(fields["offset"]),
@@ -211,43 +300,51 @@ def codec_for(manifest: Manifest, configured: Codec, run_id: str) -> Codec:
 
 def decode_states(
     run_id: str, manifest: Manifest, packs: Mapping[str, bytes], codec: Codec
-) -> list[tuple[str, object]]:
-    """Verify and decode every state of the manifest, in save order."""
+) -> tuple[list[tuple[str, object]], RunIndex]:
+    """Verify and decode every state of the manifest, in save order.
+
+    Also returns the run index of this savepoint (views into ``packs``, no copies), so
+    the next save of the run can be incremental.
+    """
     timestamp = manifest.timestamp
     views: list[memoryview] = []
-    for name in manifest.packs:
+    for name, size in zip(manifest.packs, manifest.pack_sizes, strict=True):
         pack = packs.get(name)
         if pack is None:
             raise _corrupt(run_id, timestamp, f"pack {name} is missing")
-        if pack[: len(_PACK_HEADER)] != _PACK_HEADER:
-            raise _corrupt(run_id, timestamp, f"pack {name} has a bad header")
+        if len(pack) != size or pack[: len(_PACK_HEADER)] != _PACK_HEADER:
+            raise _corrupt(run_id, timestamp, f"pack {name} has a bad header or size")
         views.append(memoryview(pack))
     decompressor: zstandard.ZstdDecompressor | None = None
     entities: list[tuple[str, object]] = []
+    states: dict[str, StoredState] = {}
     for i, entity_id in enumerate(manifest.ids):
         try:
-            view = views[manifest.pack_index[i]]
-            start = manifest.offsets[i]
-            data = view[start : start + manifest.lengths[i]]
-            if len(data) != manifest.lengths[i] or zlib.crc32(data) != manifest.crcs[i]:
+            pack_index, start, length = (
+                manifest.pack_index[i],
+                manifest.offsets[i],
+                manifest.lengths[i],
+            )
+            data = views[pack_index][start : start + length]
+            crc = manifest.crcs[i]
+            if len(data) != length or zlib.crc32(data) != crc:
                 raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: checksum mismatch")
             raw_length = manifest.raw_lengths[i]
             if not 0 <= raw_length <= MAX_STATE_BYTES:
                 raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: bad length")
+            raw: bytes | memoryview = data
             if manifest.flags[i] & _FLAG_ZSTD:
                 decompressor = decompressor or zstandard.ZstdDecompressor()
                 raw = decompressor.decompress(data, max_output_size=raw_length)
-                if len(raw) != raw_length:
-                    raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: bad length")
-            else:
-                raw = bytes(data)
+            if len(raw) != raw_length:
+                raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: bad length")
             entities.append((entity_id, codec.decode(raw)))
         except CorruptSavepointError:
             raise
         except Exception as exc:  # a decoder may raise anything on hostile bytes
-            raise _corrupt(
-                run_id,
-                timestamp,
-                f"entity {entity_id!r} does not decode ({type(exc).__name__}: {exc})",
-            ) from None
-    return entities
+            why = f"entity {entity_id!r} does not decode ({type(exc).__name__}: {exc})"
+            raise _corrupt(run_id, timestamp, why) from None
+        pack_name = manifest.packs[pack_index]
+        states[entity_id] = StoredState(raw, pack_name, start, length, manifest.flags[i], crc)
+    sizes = dict(zip(manifest.packs, manifest.pack_sizes, strict=True))
+    return entities, RunIndex(timestamp, states, sizes)

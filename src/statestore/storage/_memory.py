@@ -14,7 +14,7 @@ from typing import Any
 
 from ..codecs import Codec
 from ..errors import ConfigError
-from ._base import SavepointInfo, Storage
+from ._base import MissingBlobsError, SavepointInfo, Storage
 from ._layout import SavepointRecord
 
 __all__ = ["MemoryStorage"]
@@ -100,6 +100,8 @@ class MemoryStorage(Storage):
                 raise self._not_initialized(run_id)
             if fence is not None and fence != run.token:
                 raise self._stale(run_id, fence, run.token)
+            if any(name not in run.blobs and name not in record.blobs for name in record.refs):
+                raise MissingBlobsError(run_id)
             run.blobs.update(record.blobs)
             info = SavepointInfo(record.timestamp, record.entity_count, record.size)
             replaced = run.savepoints.get(record.timestamp)
