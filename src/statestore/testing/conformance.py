@@ -1,23 +1,123 @@
-"""The conformance suite: every rule of the storage contract, as one pytest base class."""
+"""The conformance suite: every rule of the storage contract, as one pytest base class.
+
+Written once against the public API, run by every backend (memory, SQLite, files,
+PostgreSQL, and yours) by subclassing :class:`StorageConformance`. The back door
+:meth:`StorageConformance.tamper` lets the suite damage stored bytes to check that reads
+verify them. Multi-process tests start children with ``python -m
+statestore.testing._worker URL ...``, so a third-party backend must be reachable by URL
+in a fresh interpreter (an entry point in ``statestore.backends``).
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
-from typing import ClassVar, Literal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
-from ..storage import Storage, open_storage
+from ..codecs import Codec, PickleCodec
+from ..errors import (
+    ConfigError,
+    CorruptSavepointError,
+    EncodeError,
+    InvalidArgumentError,
+    NoSavepointError,
+    RunNotInitializedError,
+    StaleWriterError,
+)
+from ..storage import Savepoint, SavepointInfo, Storage, open_storage
+from ._worker import payload, wholeness_problem
+from .stateful import check_against_model
+from .strategies import (
+    AWKWARD_RUN_IDS,
+    BAD_ENTITIES,
+    BAD_KEEP_NS,
+    BAD_RUN_IDS,
+    BAD_TIMESTAMPS,
+    BAD_WRITER_TOKENS,
+    MAX_TIMESTAMP,
+    SAFE_VALUES,
+    Unencodable,
+    entity_lists,
+    exact_difference,
+    timestamps,
+)
+
+__all__ = ["Part", "StorageConformance"]
 
 Part = Literal["manifest", "pack"]
+
+# Damage done through the back door; every one must read as CorruptSavepointError.
+# (Bytes 0-8 of a manifest are its magic, version and CRC: the body starts after them.)
+DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "flip-last-byte": lambda data: data[:-1] + bytes([data[-1] ^ 0x01]),
+    "flip-middle-byte": lambda data: (
+        data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0x40]) + data[len(data) // 2 + 1 :]
+    ),
+    "truncate": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "append": lambda data: data + b"\x00",
+}
+
+Snapshot = dict[str, tuple[list[SavepointInfo], Savepoint | None]]
+
+
+@dataclass(frozen=True)
+class PicklableThing:
+    """A type the safe codec does not know; the pickle codec stores it."""
+
+    name: str
+    weight: float
+
+
+def _snapshot(storage: Storage) -> Snapshot:
+    """Everything the public API shows of a store: compare before and after a refusal."""
+    found: Snapshot = {}
+    for run_id in storage.list_runs():
+        rows = storage.list_savepoints(run_id)
+        found[run_id] = (rows, storage.get_latest_savepoint(run_id) if rows else None)
+    return found
+
+
+def _assert_exact(expected: Any, actual: Any) -> None:
+    problem = exact_difference(expected, actual)
+    assert problem is None, problem
+
+
+def _refuses(call: Callable[[], object], error: type[Exception], label: str) -> Exception:
+    try:
+        call()
+    except error as exc:
+        return exc
+    except Exception as exc:
+        pytest.fail(f"{label}: raised {type(exc).__name__} ({exc}), expected {error.__name__}")
+    pytest.fail(f"{label}: accepted the input, expected {error.__name__}")
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "statestore.testing._worker", *args]
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finish(child: subprocess.Popen[str]) -> str:
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, f"worker {child.args!r} failed:\n{stderr}"
+    return stdout
 
 
 class StorageConformance:
     """Subclass per backend; provide the ``url`` fixture and the ``tamper`` back door.
 
     ``url`` names a fresh, empty store for each test; the suite opens it with
-    :func:`statestore.open_storage` (several times when it needs several handles or
-    processes on one store).
+    :meth:`open` (several times when it needs several handles or processes on one store).
     """
 
     #: Whether separate processes opening ``url`` see one store (False for memory://).
@@ -41,12 +141,544 @@ class StorageConformance:
         ``mutate(old_bytes)``, bypassing every check of the library."""
         raise NotImplementedError
 
+    def open(self, url: str, codec: Codec | None = None) -> Storage:
+        """Open a handle on the store; override to pass backend options."""
+        return open_storage(url, codec=codec)
+
     @pytest.fixture
     def storage(self, url: str) -> Iterator[Storage]:
-        with open_storage(url) as storage:
+        with self.open(url) as storage:
             yield storage
 
-    def test_round_trip(self, storage: Storage) -> None:
+    @pytest.fixture
+    def populated(self, storage: Storage) -> Storage:
+        """A store with two savepoints in ``run-1`` and an empty, initialized ``run-2``."""
+        storage.init_storage("run-1")
+        storage.save_savepoint("run-1", 60_000, [("a", {"n": 1}), ("b", [1, 2])])
+        storage.save_savepoint("run-1", 120_000, [("a", {"n": 2}), ("b", [3])])
+        storage.init_storage("run-2")
+        return storage
+
+    # ================================================================ run lifecycle
+
+    def test_init_storage_is_idempotent(self, storage: Storage) -> None:
+        assert storage.is_initialized("run") is False
+        storage.init_storage("run")
+        assert storage.is_initialized("run") is True
+        storage.save_savepoint("run", 60_000, [("a", 1)])
+        storage.init_storage("run")  # again: keeps what the run has
+        assert storage.is_initialized("run") is True
+        assert storage.get_latest_savepoint("run") == (60_000, [("a", 1)])
+
+    def test_list_runs_names_every_initialized_run_sorted(self, storage: Storage) -> None:
+        assert storage.list_runs() == []
+        for run_id in ["b", "a", "c"]:
+            storage.init_storage(run_id)
+        storage.save_savepoint("b", 1, [("x", 1)])
+        assert storage.list_runs() == ["a", "b", "c"]
+        storage.delete_run("b")
+        assert storage.list_runs() == ["a", "c"]
+
+    def test_delete_run_removes_everything(self, populated: Storage) -> None:
+        populated.delete_run("run-1")
+        assert populated.is_initialized("run-1") is False
+        assert populated.list_savepoints("run-1") == []
+        with pytest.raises(NoSavepointError):
+            populated.get_latest_savepoint("run-1")
+        with pytest.raises(RunNotInitializedError):
+            populated.save_savepoint("run-1", 180_000, [("a", 1)])
+        populated.init_storage("run-1")  # a new run under the same id starts empty
+        assert populated.list_savepoints("run-1") == []
+        assert populated.list_runs() == ["run-1", "run-2"]
+
+    def test_delete_of_unknown_run_does_nothing(self, populated: Storage) -> None:
+        before = _snapshot(populated)
+        populated.delete_run("unknown")
+        populated.delete_old_savepoints("unknown", 0)
+        populated.delete_old_savepoints("run-2", 0)  # initialized, no savepoint
+        assert _snapshot(populated) == before
+        assert populated.is_initialized("unknown") is False
+
+    def test_awkward_run_ids_are_distinct_runs(self, storage: Storage) -> None:
+        for run_id in AWKWARD_RUN_IDS:
+            storage.init_storage(run_id)
+            storage.save_savepoint(run_id, 1, [("id", run_id)])
+        assert storage.list_runs() == sorted(AWKWARD_RUN_IDS)
+        storage.delete_run("..")
+        storage.delete_run("a/b")
+        remaining = [run_id for run_id in AWKWARD_RUN_IDS if run_id not in ("..", "a/b")]
+        assert storage.list_runs() == sorted(remaining)
+        for run_id in remaining:
+            assert storage.get_latest_savepoint(run_id) == (1, [("id", run_id)])
+
+    # ================================================================ save and read
+
+    def test_save_on_uninitialized_run_is_refused(self, storage: Storage) -> None:
+        with pytest.raises(RunNotInitializedError, match="never-initialized"):
+            storage.save_savepoint("never-initialized", 60_000, [("a", 1)])
+        assert storage.list_runs() == []
+        assert storage.is_initialized("never-initialized") is False
+
+    def test_savepoint_shape(self, storage: Storage) -> None:
         storage.init_storage("run")
         storage.save_savepoint("run", 60_000, [("a", {"n": 1}), ("b", (1, 2))])
-        assert storage.get_latest_savepoint("run") == (60_000, [("a", {"n": 1}), ("b", (1, 2))])
+        found = storage.get_latest_savepoint("run")
+        assert isinstance(found, Savepoint)
+        ts, entities = found
+        assert ts == found.timestamp == 60_000
+        assert type(entities) is list
+        assert all(type(entity) is tuple for entity in entities)
+        _assert_exact([("a", {"n": 1}), ("b", (1, 2))], entities)
+        assert storage.get_latest_savepoint_timestamp("run") == 60_000
+
+    def test_same_timestamp_replaces(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, [("a", 1), ("b", 2), ("c", 3)])
+        storage.save_savepoint("run", 60_000, [("z", "replaced")])
+        assert storage.get_latest_savepoint("run") == (60_000, [("z", "replaced")])
+        rows = storage.list_savepoints("run")
+        assert [(row.timestamp, row.entity_count) for row in rows] == [(60_000, 1)]
+
+    def test_retried_save_is_harmless(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        for _ in range(3):
+            storage.save_savepoint("run", 60_000, [("a", 1)])
+        assert storage.get_latest_savepoint("run") == (60_000, [("a", 1)])
+        assert len(storage.list_savepoints("run")) == 1
+
+    def test_older_timestamp_may_be_saved_latest_is_highest(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 120_000, [("a", "new")])
+        storage.save_savepoint("run", 60_000, [("a", "old")])
+        assert storage.get_latest_savepoint("run") == (120_000, [("a", "new")])
+        assert storage.get_savepoint("run", 60_000) == (60_000, [("a", "old")])
+
+    def test_timestamps_order_numerically_to_the_ends_of_the_range(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        for ts in [10, 9, 100, 2**62, 11, 0]:
+            storage.save_savepoint("run", ts, [("ts", ts)])
+        assert [row.timestamp for row in storage.list_savepoints("run")] == [
+            0, 9, 10, 11, 100, 2**62,
+        ]  # fmt: skip
+        assert storage.get_latest_savepoint_timestamp("run") == 2**62
+        storage.save_savepoint("run", MAX_TIMESTAMP, [("ts", "max")])
+        assert storage.get_latest_savepoint("run") == (MAX_TIMESTAMP, [("ts", "max")])
+        assert storage.get_savepoint("run", 0) == (0, [("ts", 0)])
+
+    def test_no_savepoint_raises(self, storage: Storage) -> None:
+        for run_id in ["unknown", "initialized"]:
+            if run_id == "initialized":
+                storage.init_storage(run_id)
+            with pytest.raises(NoSavepointError, match=run_id):
+                storage.get_latest_savepoint(run_id)
+            with pytest.raises(NoSavepointError, match=run_id):
+                storage.get_latest_savepoint_timestamp(run_id)
+            with pytest.raises(NoSavepointError, match=run_id):
+                storage.get_savepoint(run_id, 60_000)
+            assert storage.list_savepoints(run_id) == []
+        assert issubclass(NoSavepointError, LookupError)
+
+    def test_get_savepoint_at_missing_timestamp_raises(self, populated: Storage) -> None:
+        with pytest.raises(NoSavepointError):
+            populated.get_savepoint("run-1", 90_000)
+
+    def test_empty_savepoint(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, [])
+        assert storage.get_latest_savepoint("run") == (60_000, [])
+        [row] = storage.list_savepoints("run")
+        assert row.entity_count == 0
+        assert row.size > 0
+
+    def test_entity_order_is_preserved(self, storage: Storage) -> None:
+        ids = [f"entity-{(i * 7919) % 1000:04d}" for i in range(1000)]  # not sorted
+        ids += ["", "z", "A", "é", "\U0001f600"]
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, [(entity_id, i) for i, entity_id in enumerate(ids)])
+        _, entities = storage.get_latest_savepoint("run")
+        assert [entity_id for entity_id, _ in entities] == ids
+        assert [state for _, state in entities] == list(range(len(ids)))
+
+    def test_states_are_captured_by_value(self, storage: Storage) -> None:
+        state: dict[str, Any] = {"items": [1, 2], "seen": {"a"}}
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, [("a", state)])
+        state["items"].append(3)
+        state["seen"].add("b")
+        state["new"] = True
+        _, [(_, stored)] = storage.get_latest_savepoint("run")
+        assert stored == {"items": [1, 2], "seen": {"a"}}
+        stored["items"].append(99)  # nor does mutating what was read
+        assert storage.get_latest_savepoint("run") == (
+            60_000,
+            [("a", {"items": [1, 2], "seen": {"a"}})],
+        )
+
+    def test_large_states_round_trip(self, storage: Storage) -> None:
+        noise = bytes(range(256)) * 8192 + b"end"  # 2 MiB, poorly compressible pattern
+        text = "statestore " * 300_000  # 3.3 MB, compressible
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, [("noise", noise), ("text", text), ("small", 1)])
+        assert storage.get_latest_savepoint("run") == (
+            60_000,
+            [("noise", noise), ("text", text), ("small", 1)],
+        )
+
+    # ================================================================ retention
+
+    @pytest.mark.parametrize("keep_n", [0, 1, 3, 4, 10])
+    def test_delete_old_savepoints_keeps_the_newest(self, storage: Storage, keep_n: int) -> None:
+        storage.init_storage("run")
+        for ts in [3, 1, 4, 2]:
+            storage.save_savepoint("run", ts, [("ts", ts)])
+        storage.delete_old_savepoints("run", keep_n)
+        kept = [1, 2, 3, 4][4 - min(keep_n, 4) :]
+        assert [row.timestamp for row in storage.list_savepoints("run")] == kept
+        for ts in kept:
+            assert storage.get_savepoint("run", ts) == (ts, [("ts", ts)])
+        assert storage.is_initialized("run")
+        if not kept:
+            with pytest.raises(NoSavepointError):
+                storage.get_latest_savepoint("run")
+        storage.save_savepoint("run", 5, [("ts", 5)])  # the run goes on
+        assert storage.get_latest_savepoint("run") == (5, [("ts", 5)])
+
+    def test_pruning_keeps_states_a_newer_savepoint_shares(self, storage: Storage) -> None:
+        # The second savepoint changes one state of many; a backend may store it as a
+        # reference to the first one's data, which pruning the first must not free.
+        states = [(f"e{i}", {"i": i, "blob": "x" * 500}) for i in range(50)]
+        changed = [*states[:-1], ("e49", "changed")]
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, states)
+        storage.save_savepoint("run", 2, changed)
+        storage.delete_old_savepoints("run", 1)
+        assert storage.get_latest_savepoint("run") == (2, changed)
+        storage.save_savepoint("run", 3, states)
+        storage.delete_old_savepoints("run", 1)
+        assert storage.get_latest_savepoint("run") == (3, states)
+
+    def test_replacing_keeps_states_a_newer_savepoint_shares(self, storage: Storage) -> None:
+        states = [(f"e{i}", {"i": i}) for i in range(20)]
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, states)
+        storage.save_savepoint("run", 2, states)
+        storage.save_savepoint("run", 1, [("other", 0)])
+        assert storage.get_savepoint("run", 2) == (2, states)
+        assert storage.get_savepoint("run", 1) == (1, [("other", 0)])
+
+    # ================================================================ listing
+
+    def test_list_savepoints_rows(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 180_000, [("a", 1)])
+        storage.save_savepoint("run", 60_000, [("a", 1), ("b", "x" * 10_000)])
+        storage.save_savepoint("run", 120_000, [("a", 1), ("b", 2), ("c", 3)])
+        rows = storage.list_savepoints("run")
+        assert all(isinstance(row, SavepointInfo) for row in rows)
+        assert [(row.timestamp, row.entity_count) for row in rows] == [
+            (60_000, 2),
+            (120_000, 3),
+            (180_000, 1),
+        ]
+        assert all(type(row.size) is int and row.size > 0 for row in rows)
+
+    # ================================================================ bad input
+
+    def _assert_refused_unchanged(
+        self, storage: Storage, calls: dict[str, Callable[[], object]], error: type[Exception]
+    ) -> list[Exception]:
+        before = _snapshot(storage)
+        raised = [_refuses(call, error, label) for label, call in calls.items()]
+        assert _snapshot(storage) == before, "a refused call changed the store"
+        return raised
+
+    @pytest.mark.parametrize("bad", BAD_RUN_IDS.values(), ids=BAD_RUN_IDS.keys())
+    def test_bad_run_id_is_refused(self, populated: Storage, bad: Any) -> None:
+        s = populated
+        calls: dict[str, Callable[[], object]] = {
+            "is_initialized": lambda: s.is_initialized(bad),
+            "init_storage": lambda: s.init_storage(bad),
+            "save_savepoint": lambda: s.save_savepoint(bad, 60_000, [("a", 1)]),
+            "get_latest_savepoint": lambda: s.get_latest_savepoint(bad),
+            "get_latest_savepoint_timestamp": lambda: s.get_latest_savepoint_timestamp(bad),
+            "get_savepoint": lambda: s.get_savepoint(bad, 60_000),
+            "list_savepoints": lambda: s.list_savepoints(bad),
+            "delete_old_savepoints": lambda: s.delete_old_savepoints(bad, 0),
+            "delete_run": lambda: s.delete_run(bad),
+            "acquire_writer": lambda: s.acquire_writer(bad),
+        }
+        self._assert_refused_unchanged(s, calls, InvalidArgumentError)
+        assert s.list_runs() == ["run-1", "run-2"]
+
+    @pytest.mark.parametrize("bad", BAD_TIMESTAMPS.values(), ids=BAD_TIMESTAMPS.keys())
+    def test_bad_timestamp_is_refused(self, populated: Storage, bad: Any) -> None:
+        s = populated
+        calls: dict[str, Callable[[], object]] = {
+            "save": lambda: s.save_savepoint("run-1", bad, [("a", 1)]),
+            "save to empty run": lambda: s.save_savepoint("run-2", bad, [("a", 1)]),
+            "save to unknown run": lambda: s.save_savepoint("unknown", bad, [("a", 1)]),
+            "get_savepoint": lambda: s.get_savepoint("run-1", bad),
+        }
+        self._assert_refused_unchanged(s, calls, InvalidArgumentError)
+
+    @pytest.mark.parametrize("bad", BAD_KEEP_NS.values(), ids=BAD_KEEP_NS.keys())
+    def test_bad_keep_n_is_refused(self, populated: Storage, bad: Any) -> None:
+        s = populated
+        calls: dict[str, Callable[[], object]] = {
+            "known run": lambda: s.delete_old_savepoints("run-1", bad),
+            "empty run": lambda: s.delete_old_savepoints("run-2", bad),
+            "unknown run": lambda: s.delete_old_savepoints("unknown", bad),
+        }
+        self._assert_refused_unchanged(s, calls, InvalidArgumentError)
+
+    @pytest.mark.parametrize("bad", BAD_WRITER_TOKENS.values(), ids=BAD_WRITER_TOKENS.keys())
+    def test_bad_writer_token_is_refused(self, populated: Storage, bad: Any) -> None:
+        s = populated
+        calls: dict[str, Callable[[], object]] = {
+            "save": lambda: s.save_savepoint("run-1", 180_000, [("a", 1)], writer_token=bad),
+        }
+        self._assert_refused_unchanged(s, calls, InvalidArgumentError)
+
+    @pytest.mark.parametrize("bad", BAD_ENTITIES.values(), ids=BAD_ENTITIES.keys())
+    def test_bad_entities_are_refused(self, populated: Storage, bad: Any) -> None:
+        s = populated
+        calls: dict[str, Callable[[], object]] = {
+            "new timestamp": lambda: s.save_savepoint("run-1", 180_000, bad),
+            "replacing a savepoint": lambda: s.save_savepoint("run-1", 120_000, bad),
+            "empty run": lambda: s.save_savepoint("run-2", 60_000, bad),
+        }
+        self._assert_refused_unchanged(s, calls, InvalidArgumentError)
+
+    @pytest.mark.parametrize(
+        ("state", "type_name"),
+        [
+            (Unencodable(), "Unencodable"),
+            ({"deep": [1, Unencodable()]}, "Unencodable"),
+            (lambda: None, "function"),
+        ],
+        ids=["top-level", "nested", "function"],
+    )
+    def test_unencodable_state_is_refused(
+        self, populated: Storage, state: Any, type_name: str
+    ) -> None:
+        s = populated
+        entities = [("fine", 1), ("the-culprit", state)]
+        calls: dict[str, Callable[[], object]] = {
+            "new timestamp": lambda: s.save_savepoint("run-1", 180_000, entities),
+            "replacing a savepoint": lambda: s.save_savepoint("run-1", 120_000, entities),
+        }
+        for error in self._assert_refused_unchanged(s, calls, EncodeError):
+            assert "the-culprit" in str(error)
+            assert type_name in str(error)
+            assert "run-1" in str(error)
+
+    # ================================================================ values
+
+    def test_safe_codec_round_trips_every_type(self, url: str, storage: Storage) -> None:
+        storage.init_storage("run")
+        entities = list(SAFE_VALUES.items())
+        storage.save_savepoint("run", 60_000, entities)
+        _assert_exact((60_000, entities), tuple(storage.get_latest_savepoint("run")))
+        with self.open(url) as other:  # through the store, not a cache of this handle
+            _assert_exact((60_000, entities), tuple(other.get_savepoint("run", 60_000)))
+
+    def test_random_states_round_trip_exactly(self, storage: Storage) -> None:
+        storage.init_storage("run")
+
+        @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(timestamp=timestamps(), entities=entity_lists())
+        def round_trip(timestamp: int, entities: list[tuple[str, Any]]) -> None:
+            storage.save_savepoint("run", timestamp, entities)
+            _assert_exact((timestamp, entities), tuple(storage.get_savepoint("run", timestamp)))
+
+        round_trip()
+
+    def test_pickle_codec_is_an_explicit_opt_in(self, url: str) -> None:
+        thing = PicklableThing("anvil", 50.5)
+        with self.open(url, codec=PickleCodec(key=b"conformance-key")) as pickled:
+            pickled.init_storage("run")
+            pickled.save_savepoint("run", 60_000, [("thing", thing), ("plain", (1, 2))])
+            assert pickled.get_latest_savepoint("run") == (
+                60_000,
+                [("thing", thing), ("plain", (1, 2))],
+            )
+            with self.open(url) as safe, pytest.raises(ConfigError):
+                safe.get_latest_savepoint("run")  # the safe codec never unpickles
+
+    # ================================================================ integrity
+
+    @pytest.mark.parametrize("damage", DAMAGE.keys())
+    @pytest.mark.parametrize("part", ["manifest", "pack"])
+    def test_damaged_bytes_raise_corrupt(self, storage: Storage, part: Part, damage: str) -> None:
+        storage.init_storage("run-t")
+        storage.save_savepoint("run-t", 30_000, payload(30_000))
+        storage.save_savepoint("run-t", 60_000, payload(60_000))
+        self.tamper(storage, "run-t", 60_000, part, DAMAGE[damage])
+        reads: dict[str, Callable[[], object]] = {
+            "get_latest_savepoint": lambda: storage.get_latest_savepoint("run-t"),
+            "get_savepoint": lambda: storage.get_savepoint("run-t", 60_000),
+        }
+        for label, read in reads.items():
+            error = _refuses(read, CorruptSavepointError, f"{label} after {damage} {part}")
+            assert "run-t" in str(error)
+            assert "60000" in str(error)
+        # The other savepoint is untouched, and the damaged one is still listed.
+        assert storage.get_savepoint("run-t", 30_000) == (30_000, payload(30_000))
+        assert [row.timestamp for row in storage.list_savepoints("run-t")] == [30_000, 60_000]
+
+    def test_latest_timestamp_does_not_read_states(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, payload(60_000))
+        self.tamper(storage, "run", 60_000, "pack", DAMAGE["flip-last-byte"])
+        assert storage.get_latest_savepoint_timestamp("run") == 60_000
+
+    # ================================================================ writer tokens
+
+    def test_writer_tokens_grow(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        tokens = [storage.acquire_writer("run") for _ in range(5)]
+        assert all(type(token) is int for token in tokens)
+        assert tokens == sorted(set(tokens))
+
+    def test_acquire_writer_on_uninitialized_run_is_refused(self, storage: Storage) -> None:
+        with pytest.raises(RunNotInitializedError, match="nowhere"):
+            storage.acquire_writer("nowhere")
+        assert storage.list_runs() == []
+
+    def test_stale_writer_stores_nothing(self, url: str, populated: Storage) -> None:
+        first = populated.acquire_writer("run-1")
+        populated.save_savepoint("run-1", 180_000, [("a", "first")], writer_token=first)
+        with self.open(url) as other:  # a second writer, as from another process
+            second = other.acquire_writer("run-1")
+        before = _snapshot(populated)
+        for ts in [240_000, 180_000]:  # a new savepoint, and replacing one
+            with pytest.raises(StaleWriterError, match="run-1"):
+                populated.save_savepoint("run-1", ts, [("a", "stale")], writer_token=first)
+        assert _snapshot(populated) == before
+        populated.save_savepoint("run-1", 240_000, [("a", "second")], writer_token=second)
+        populated.save_savepoint("run-1", 300_000, [("a", "untokened")])  # no token: no fence
+        assert populated.get_savepoint("run-1", 240_000) == (240_000, [("a", "second")])
+
+    # ================================================================ handles
+
+    def test_close_and_context_manager(self, url: str) -> None:
+        handle = self.open(url)
+        with handle as entered:
+            assert entered is handle
+            entered.init_storage("run")
+        handle.close()  # closing twice is harmless
+
+    def test_two_handles_see_one_store(self, url: str, storage: Storage) -> None:
+        with self.open(url) as other:
+            storage.init_storage("run")
+            storage.save_savepoint("run", 60_000, [("a", 1)])
+            assert other.get_latest_savepoint("run") == (60_000, [("a", 1)])
+            other.delete_run("run")
+            assert storage.is_initialized("run") is False
+
+    @pytest.mark.parametrize("meddling", ["pruned", "replaced", "recreated"])
+    def test_saves_survive_changes_made_through_another_handle(
+        self, url: str, storage: Storage, meddling: str
+    ) -> None:
+        # A handle may remember its previous savepoint to save only what changed; other
+        # handles may since have deleted what it remembers.
+        states = [(f"e{i}", {"i": i, "text": "x" * 300}) for i in range(40)]
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, states)
+        with self.open(url) as other:
+            if meddling == "pruned":
+                other.save_savepoint("run", 2, [("other", 2)])
+                other.delete_old_savepoints("run", 1)
+            elif meddling == "replaced":
+                other.save_savepoint("run", 1, [("other", 1)])
+            else:
+                other.delete_run("run")
+                other.init_storage("run")
+            storage.save_savepoint("run", 3, states)
+            assert other.get_latest_savepoint("run") == (3, states)
+
+    def test_data_persists_across_reopen(self, url: str) -> None:
+        if not self.persistent:
+            pytest.skip("this backend does not persist data")
+        with self.open(url) as first:
+            first.init_storage("run")
+            first.init_storage("empty")
+            first.save_savepoint("run", 60_000, list(SAFE_VALUES.items()))
+            first.save_savepoint("run", 120_000, [("a", 1)])
+            token = first.acquire_writer("run")
+            before = first.list_savepoints("run")
+        with self.open(url) as second:
+            assert second.list_runs() == ["empty", "run"]
+            assert second.list_savepoints("run") == before
+            assert second.get_latest_savepoint("run") == (120_000, [("a", 1)])
+            _assert_exact(
+                (60_000, list(SAFE_VALUES.items())), tuple(second.get_savepoint("run", 60_000))
+            )
+            assert second.acquire_writer("run") > token
+
+    # ================================================================ concurrency
+
+    def test_threads_share_one_storage(self, storage: Storage) -> None:
+        threads = 4
+        saves = 8
+        for run_id in ["shared", *(f"own-{i}" for i in range(threads))]:
+            storage.init_storage(run_id)
+        start = threading.Barrier(threads)
+
+        def work(i: int) -> None:
+            start.wait()
+            for k in range(saves):
+                ts = 1_000 + k * threads + i
+                storage.save_savepoint(f"own-{i}", ts, payload(ts))
+                storage.save_savepoint("shared", ts, payload(ts))
+                if k % 3 == 2:
+                    storage.delete_old_savepoints("shared", 3)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, range(threads)))  # re-raises any worker's error
+        for i in range(threads):
+            assert len(storage.list_savepoints(f"own-{i}")) == saves
+            self._assert_whole(storage, f"own-{i}", 1_000 + (saves - 1) * threads + i)
+        self._assert_whole(storage, "shared", 1_000 + saves * threads - 1)
+
+    def test_processes_share_one_store(self, url: str, storage: Storage) -> None:
+        if not self.shared_across_processes:
+            pytest.skip("this backend is private to one process")
+        writers, saves = 3, 10
+        # Three writers interleave timestamps in one run, pruning it; a fourth has its own.
+        plans = [("shared", i + 1, writers, 3) for i in range(writers)] + [("own", 1, 1, 0)]
+        children = [
+            _spawn("save", url, run_id, str(first), str(step), str(saves), str(keep))
+            for run_id, first, step, keep in plans
+        ]
+        for child, (_, first, step, _) in zip(children, plans, strict=True):
+            acks = [f"ACK {first + k * step}" for k in range(saves)]
+            assert _finish(child).splitlines() == acks
+        self._assert_whole(storage, "shared", writers * saves)
+        self._assert_whole(storage, "own", saves)
+        assert len(storage.list_savepoints("own")) == saves
+
+    def test_writer_token_fences_other_processes(self, url: str, storage: Storage) -> None:
+        if not self.shared_across_processes:
+            pytest.skip("this backend is private to one process")
+        storage.init_storage("run")
+        mine = storage.acquire_writer("run")
+        theirs = int(_finish(_spawn("acquire", url, "run")))
+        assert theirs > mine
+        with pytest.raises(StaleWriterError):
+            storage.save_savepoint("run", 60_000, [("a", 1)], writer_token=mine)
+        assert storage.list_savepoints("run") == []
+        storage.save_savepoint("run", 60_000, [("a", 1)], writer_token=theirs)
+
+    def _assert_whole(self, storage: Storage, run_id: str, latest: int) -> None:
+        """Every savepoint of the run decodes whole, and the latest is ``latest``."""
+        assert storage.get_latest_savepoint_timestamp(run_id) == latest
+        assert storage.get_latest_savepoint(run_id).timestamp == latest
+        for row in storage.list_savepoints(run_id):
+            problem = wholeness_problem(storage.get_savepoint(run_id, row.timestamp))
+            assert problem is None, f"run {run_id!r}: {problem}"
+
+    # ================================================================ model-based
+
+    def test_matches_a_dict_model(self, url: str) -> None:
+        check_against_model(lambda: self.open(url), reopen=self.persistent)
