@@ -1,0 +1,511 @@
+"""``file:///absolute/dir``: one directory per run, plain files, no server.
+
+Layout of a store; every name in it is chosen here, none by a caller::
+
+    <store>/
+      .tmp/                   runs being created, renamed into place once complete
+      .trash/                 runs being deleted: renamed here first, then removed
+      <safe name>/            one run: a sanitized prefix of its id + a SHA-256 of it
+        run-id                the exact run id, UTF-8 (what list_runs returns)
+        writer-token          the writer token, decimal
+        lock                  flock()ed: commits, deletes and drops of a run serialize
+        packs/<name>          immutable blobs, never rewritten in place
+        savepoints/<ts>.sp    one file per savepoint: manifest + refs, framed, checksummed
+
+Every file is written to a temp file in its own directory, fsynced, renamed over its
+final name, and the directory fsynced; the rename of the savepoint file is the commit
+point. Names starting with a dot are temp files or housekeeping; reads ignore them.
+Needs POSIX ``flock`` (Linux, macOS); the lock works across processes and threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import struct
+import threading
+import time
+import urllib.parse
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, Self
+
+import msgpack
+
+from ..codecs import Codec
+from ..errors import BackendError, ConfigError, CorruptSavepointError
+from ._base import MissingBlobsError, SavepointInfo, Storage
+from ._layout import SavepointRecord
+
+__all__ = ["FileStorage", "run_dir_name"]
+
+TMP_DIR = ".tmp"
+TRASH_DIR = ".trash"
+RUN_ID_FILE = "run-id"
+WRITER_FILE = "writer-token"
+LOCK_FILE = "lock"
+PACKS_DIR = "packs"
+SAVEPOINTS_DIR = "savepoints"
+TEMP_PREFIX = ".tmp-"
+#: A run directory in .tmp older than this was abandoned by a crashed creator.
+ABANDONED_AFTER_SECONDS = 3600
+
+_SAVEPOINT_NAME = re.compile(r"(\d{20})\.sp")
+_BLOB_NAME = re.compile(r"[0-9A-Za-z_-]{1,128}")
+_UNSAFE_CHARS = re.compile(r"[^a-z0-9]+")
+
+_FRAME = struct.Struct(">4sBQI")  # magic, version, body length, CRC-32 of the body
+_FRAME_MAGIC = b"SSSV"
+_FRAME_VERSION = 1
+
+_PLAIN_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "I/O error",
+    errno.EFBIG: "file too large",
+}
+
+
+def run_dir_name(run_id: str) -> str:
+    """The directory name of a run: lowercase ASCII letters, digits, ``_`` and ``-`` only.
+
+    The hash makes it unique (also on case-insensitive file systems: the name is all
+    lowercase); the prefix only helps a person browsing the store. It can never be
+    ``.``, ``..``, a hidden name, a path, a reserved device name or over-long.
+    """
+    digest = hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:40]
+    prefix = _UNSAFE_CHARS.sub("_", run_id.lower())[:24].strip("_")
+    return f"{prefix}-{digest}" if prefix else digest
+
+
+def savepoint_file_name(timestamp: int) -> str:
+    """Zero-padded, so names sort like timestamps."""
+    return f"{timestamp:020d}.sp"
+
+
+class SavepointFile(NamedTuple):
+    """The content of one savepoint file."""
+
+    manifest: bytes
+    refs: tuple[str, ...]
+    entity_count: int
+    size: int
+
+
+def encode_savepoint_file(timestamp: int, content: SavepointFile) -> bytes:
+    """Frame a savepoint file with its own length and checksum, so damage is detected."""
+    body: bytes = msgpack.packb(
+        {
+            "ts": timestamp,
+            "manifest": content.manifest,
+            "refs": list(content.refs),
+            "entities": content.entity_count,
+            "size": content.size,
+        },
+        use_bin_type=True,
+    )
+    return _FRAME.pack(_FRAME_MAGIC, _FRAME_VERSION, len(body), zlib.crc32(body)) + body
+
+
+def decode_savepoint_file(run_id: str, timestamp: int, data: bytes) -> SavepointFile:
+    """Check and parse a savepoint file; anything wrong is a CorruptSavepointError."""
+
+    def corrupt(why: str) -> CorruptSavepointError:
+        return CorruptSavepointError(
+            f"run {run_id!r}: savepoint {timestamp} is corrupt: savepoint file {why}"
+        )
+
+    if len(data) < _FRAME.size:
+        raise corrupt("is truncated")
+    magic, version, length, crc = _FRAME.unpack_from(data)
+    if magic != _FRAME_MAGIC:
+        raise corrupt("has a bad header")
+    if version > _FRAME_VERSION:
+        raise ConfigError(
+            f"run {run_id!r}: savepoint {timestamp} uses file format {version}; this "
+            f"statestore reads up to {_FRAME_VERSION}: upgrade statestore"
+        )
+    body = memoryview(data)[_FRAME.size :]
+    if len(body) != length:
+        raise corrupt(f"is torn ({len(body)} of {length} bytes)")
+    if zlib.crc32(body) != crc:
+        raise corrupt("fails its checksum")
+    try:
+        fields: dict[str, Any] = msgpack.unpackb(body, raw=False)
+        refs = tuple(fields["refs"])
+        if not all(isinstance(ref, str) for ref in refs):
+            raise TypeError("refs must be str")
+        stored_ts = int(fields["ts"])
+        found = SavepointFile(
+            bytes(fields["manifest"]), refs, int(fields["entities"]), int(fields["size"])
+        )
+    except Exception as exc:  # any malformed body: bad msgpack, missing key, wrong type
+        raise corrupt(f"does not decode ({exc})") from None
+    if stored_ts != timestamp:
+        raise corrupt(f"belongs to timestamp {stored_ts}")
+    return found
+
+
+def _read(path: str) -> bytes | None:
+    """The file's bytes, or None when it does not exist (deleted meanwhile)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_dir(path: str) -> None:
+    """Make renames and unlinks in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(directory: str, name: str, data: bytes, *, sync_dir: bool = True) -> None:
+    """Write ``directory/name`` atomically and durably: temp file, fsync, rename."""
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        with open(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(fd)
+        os.replace(temp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if sync_dir:
+        _fsync_dir(directory)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a directory tree; gone already (another process cleaned it) is fine."""
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):
+        raise OSError(errno.ENOTEMPTY, "could not remove leftover directory", path)
+
+
+class FileStorage(Storage):
+    """Savepoints as plain files under ``directory`` (created if missing)."""
+
+    driver_errors = (OSError,)
+
+    def __init__(self, directory: str | os.PathLike[str], codec: Codec | None = None) -> None:
+        super().__init__(codec)
+        path = os.fspath(directory)
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise ConfigError(f"file store directory must be a path, not {path!r}")
+        self.directory = os.path.abspath(path)
+        # The packs read by _read_manifest, handed to the _read_blobs call that follows.
+        self._snapshot = threading.local()
+        with self._boundary():
+            if not os.path.isdir(self.directory):
+                os.makedirs(self.directory, exist_ok=True)
+                _fsync_dir(os.path.dirname(self.directory))  # the new store's entry, durable
+        # A crashed drop or create left something behind: best effort, a read-only
+        # store must still open for reading.
+        with contextlib.suppress(OSError):
+            self._clean_housekeeping()
+
+    @classmethod
+    def from_url(cls, url: str, codec: Codec | None = None, **options: Any) -> FileStorage:
+        """``file:///absolute/dir`` (percent-escapes decoded); takes no options."""
+        if options:
+            raise ConfigError(f"file:// takes no options, got {sorted(options)}")
+        parts = urllib.parse.urlsplit(url)
+        path = urllib.parse.unquote(parts.path)
+        if (
+            parts.scheme.lower() != "file"
+            or parts.netloc not in ("", "localhost")
+            or parts.query
+            or parts.fragment
+            or not path.startswith("/")
+            or not path.strip("/")
+            or "\x00" in path
+        ):
+            raise ConfigError(
+                f"bad file store URL {url!r}: expected file:///absolute/dir "
+                "(three slashes, then an absolute path to a directory)"
+            )
+        return cls(path, codec=codec)
+
+    def __repr__(self) -> str:
+        return f"FileStorage({self.directory!r})"
+
+    def __enter__(self) -> Self:  # the base's annotation would widen it to Storage
+        return self
+
+    # ---------------------------------------------------------------- paths and locks
+
+    def _run_dir(self, run_id: str) -> str:
+        return os.path.join(self.directory, run_dir_name(run_id))
+
+    @contextlib.contextmanager
+    def _locked(self, run_id: str, *, exclusive: bool = True) -> Iterator[str | None]:
+        """Hold the run's lock; yields its directory, or None when the run does not exist.
+
+        A separate open() per call gives each caller its own lock, so threads of one
+        process exclude each other too. After locking, the lock file must still be the
+        one at the run's path: a drop may have moved the run to the trash meanwhile.
+        """
+        run_dir = self._run_dir(run_id)
+        lock_path = os.path.join(run_dir, LOCK_FILE)
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                yield None
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                held = os.fstat(fd)
+                try:
+                    current = os.stat(lock_path)
+                except FileNotFoundError:
+                    continue  # dropped while we waited: look again
+                if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                    yield run_dir
+                    return
+            finally:
+                os.close(fd)  # releases the lock
+
+    def _read_token(self, run_id: str, run_dir: str) -> int:
+        data = _read(os.path.join(run_dir, WRITER_FILE))
+        text = (data or b"").strip()
+        if not text.isdigit():
+            raise BackendError(f"run {run_id!r}: the writer token file in {run_dir} is damaged")
+        return int(text)
+
+    @staticmethod
+    def _timestamps(savepoints_dir: str) -> list[int]:
+        found = (_SAVEPOINT_NAME.fullmatch(name) for name in os.listdir(savepoints_dir))
+        return sorted(int(match.group(1)) for match in found if match)
+
+    @staticmethod
+    def _read_packs(run_dir: str, names: Sequence[str]) -> dict[str, bytes]:
+        packs: dict[str, bytes] = {}
+        for name in names:
+            # A name from a damaged manifest must not become a path outside the run.
+            if _BLOB_NAME.fullmatch(name):
+                data = _read(os.path.join(run_dir, PACKS_DIR, name))
+                if data is not None:
+                    packs[name] = data
+        return packs
+
+    # ---------------------------------------------------------------- primitives
+
+    def _create_run(self, run_id: str) -> None:
+        final = self._run_dir(run_id)
+        if os.path.isdir(final):
+            return
+        # Built aside and renamed into place, so a half-created run never appears.
+        staging = os.path.join(self.directory, TMP_DIR)
+        os.makedirs(staging, exist_ok=True)
+        building = os.path.join(staging, secrets.token_hex(8))
+        os.mkdir(building, 0o755)
+        try:
+            _write_file(building, RUN_ID_FILE, run_id.encode("utf-8"), sync_dir=False)
+            _write_file(building, WRITER_FILE, b"0\n", sync_dir=False)
+            _write_file(building, LOCK_FILE, b"", sync_dir=False)
+            os.mkdir(os.path.join(building, PACKS_DIR), 0o755)
+            os.mkdir(os.path.join(building, SAVEPOINTS_DIR), 0o755)
+            _fsync_dir(building)
+            try:
+                os.rename(building, final)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                return  # another process created the run first: theirs stands
+            _fsync_dir(self.directory)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)  # still there only if not renamed
+
+    def _run_exists(self, run_id: str) -> bool:
+        return os.path.isdir(self._run_dir(run_id))
+
+    def _list_run_ids(self) -> list[str]:
+        run_ids: list[str] = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir():
+                    continue
+                data = _read(os.path.join(entry.path, RUN_ID_FILE))
+                if data is None:
+                    continue  # not a run (or dropped while we looked)
+                try:
+                    run_id = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                # Only a run reachable under its own id is listed: skips foreign dirs.
+                if run_dir_name(run_id) == entry.name:
+                    run_ids.append(run_id)
+        return run_ids
+
+    def _drop_run(self, run_id: str) -> None:
+        with self._locked(run_id) as run_dir:
+            if run_dir is None:
+                return
+            trash = os.path.join(self.directory, TRASH_DIR)
+            os.makedirs(trash, exist_ok=True)
+            doomed = os.path.join(trash, f"{os.path.basename(run_dir)}-{secrets.token_hex(8)}")
+            os.rename(run_dir, doomed)  # the run is gone at once, whatever happens next
+            _fsync_dir(self.directory)
+        # Outside the lock: a failure here leaves trash that the next open or compact clears.
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _take_writer_token(self, run_id: str) -> int:
+        with self._locked(run_id) as run_dir:
+            if run_dir is None:
+                raise self._not_initialized(run_id)
+            token = self._read_token(run_id, run_dir) + 1
+            _write_file(run_dir, WRITER_FILE, f"{token}\n".encode())
+            return token
+
+    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None:
+        with self._locked(run_id) as run_dir:
+            if run_dir is None:
+                raise self._not_initialized(run_id)
+            if fence is not None:
+                current = self._read_token(run_id, run_dir)
+                if fence != current:
+                    raise self._stale(run_id, fence, current)
+            packs_dir = os.path.join(run_dir, PACKS_DIR)
+            for name in (*record.refs, *record.blobs):
+                if not _BLOB_NAME.fullmatch(name):
+                    raise BackendError(f"run {run_id!r}: refusing blob name {name!r}")
+            for name in record.refs:
+                if name not in record.blobs and not os.path.exists(os.path.join(packs_dir, name)):
+                    raise MissingBlobsError(run_id)
+            for name, blob in record.blobs.items():
+                _write_file(packs_dir, name, blob, sync_dir=False)
+            if record.blobs:
+                _fsync_dir(packs_dir)  # packs durable before a savepoint names them
+            savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
+            file_name = savepoint_file_name(record.timestamp)
+            replacing = os.path.exists(os.path.join(savepoints_dir, file_name))
+            content = SavepointFile(record.manifest, record.refs, record.entity_count, record.size)
+            # The rename inside is the commit point: before it, the old state stands.
+            _write_file(savepoints_dir, file_name, encode_savepoint_file(record.timestamp, content))
+            if replacing:
+                self._collect(run_id, run_dir)
+
+    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
+        self._snapshot.packs = None
+        # A shared lock: no commit or prune frees this savepoint's packs mid-read.
+        with self._locked(run_id, exclusive=False) as run_dir:
+            if run_dir is None:
+                return None
+            savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
+            if timestamp is None:
+                stamps = self._timestamps(savepoints_dir)
+                if not stamps:
+                    return None
+                timestamp = stamps[-1]
+            data = _read(os.path.join(savepoints_dir, savepoint_file_name(timestamp)))
+            if data is None:
+                return None
+            found = decode_savepoint_file(run_id, timestamp, data)
+            packs = self._read_packs(run_dir, found.refs)
+        self._snapshot.packs = (run_id, packs)
+        return timestamp, found.manifest
+
+    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
+        snapshot: tuple[str, dict[str, bytes]] | None = getattr(self._snapshot, "packs", None)
+        self._snapshot.packs = None
+        if snapshot is not None and snapshot[0] == run_id:
+            packs = snapshot[1]
+            if all(name in packs for name in names):
+                return {name: packs[name] for name in names}
+        return self._read_packs(self._run_dir(run_id), names)
+
+    def _index(self, run_id: str) -> list[SavepointInfo]:
+        with self._locked(run_id, exclusive=False) as run_dir:
+            if run_dir is None:
+                return []
+            savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
+            rows: list[SavepointInfo] = []
+            for timestamp in self._timestamps(savepoints_dir):
+                data = _read(os.path.join(savepoints_dir, savepoint_file_name(timestamp)))
+                if data is not None:
+                    found = decode_savepoint_file(run_id, timestamp, data)
+                    rows.append(SavepointInfo(timestamp, found.entity_count, found.size))
+            return rows
+
+    def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None:
+        with self._locked(run_id) as run_dir:
+            if run_dir is None:
+                return
+            savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
+            for timestamp in timestamps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(savepoints_dir, savepoint_file_name(timestamp)))
+            _fsync_dir(savepoints_dir)
+            self._collect(run_id, run_dir)
+
+    def _collect(self, run_id: str, run_dir: str) -> None:
+        """Delete packs no savepoint refers to, and temp files; the caller holds the lock.
+
+        Every write to a run happens under its lock, so a temp file or unreferenced
+        pack seen here is a leftover of a crashed or replaced commit, never one in flight.
+        """
+        savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
+        needed: set[str] = set()
+        for name in os.listdir(savepoints_dir):
+            path = os.path.join(savepoints_dir, name)
+            if name.startswith(TEMP_PREFIX):
+                os.unlink(path)
+            elif match := _SAVEPOINT_NAME.fullmatch(name):
+                data = _read(path) or b""
+                try:
+                    needed.update(decode_savepoint_file(run_id, int(match.group(1)), data).refs)
+                except CorruptSavepointError:
+                    return  # cannot tell what a damaged savepoint needs: keep every pack
+        packs_dir = os.path.join(run_dir, PACKS_DIR)
+        for name in os.listdir(packs_dir):
+            if name not in needed:
+                os.unlink(os.path.join(packs_dir, name))
+        _fsync_dir(packs_dir)
+
+    def _compact(self) -> None:
+        self._clean_housekeeping()
+        for run_id in self._list_run_ids():
+            with self._locked(run_id) as run_dir:
+                if run_dir is not None:
+                    self._collect(run_id, run_dir)
+
+    def _clean_housekeeping(self) -> None:
+        """Finish crashed drops (everything in .trash) and abandoned creates (old .tmp)."""
+        trash = os.path.join(self.directory, TRASH_DIR)
+        if os.path.isdir(trash):
+            for name in os.listdir(trash):
+                _remove_tree(os.path.join(trash, name))
+        staging = os.path.join(self.directory, TMP_DIR)
+        if os.path.isdir(staging):
+            cutoff = time.time() - ABANDONED_AFTER_SECONDS
+            for name in os.listdir(staging):
+                path = os.path.join(staging, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(path).st_mtime < cutoff:
+                        _remove_tree(path)
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        """Name the common causes plainly: a full disk, a read-only store, permissions."""
+        where = f"file store {self.directory}"
+        if isinstance(exc, OSError) and exc.errno in _PLAIN_ERRORS:
+            code = errno.errorcode[exc.errno]
+            path = f" ({exc.filename})" if exc.filename else ""
+            return f"{where}: {_PLAIN_ERRORS[exc.errno]} ({code}){path}"
+        return f"{where}: {type(exc).__name__}: {exc}"
