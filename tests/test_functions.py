@@ -144,11 +144,6 @@ def test_bad_config_is_refused_and_keeps_the_configured_storage(config: Any) -> 
     assert functions.get_config() is storage
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="init_config lets the constructor's TypeError escape; needs a fix in _functions.py",
-)
 def test_bad_options_for_the_class_are_a_config_error() -> None:
     storage = functions.init_config(open_storage("memory://"))
     with pytest.raises(ConfigError):  # not a raw TypeError from the constructor

@@ -47,7 +47,12 @@ def init_config(config: StorageConfig) -> Storage:
         and issubclass(config[0], Storage)
         and isinstance(config[1], Mapping)
     ):
-        storage, owned = config[0](**dict(config[1])), True
+        try:
+            storage, owned = config[0](**dict(config[1])), True
+        except TypeError as exc:
+            raise ConfigError(
+                f"cannot construct {config[0].__name__} with options {sorted(config[1])}: {exc}"
+            ) from None
     else:
         raise ConfigError(
             "init_config takes a Storage, a URL string or a (StorageClass, options) pair, "

@@ -18,6 +18,19 @@ Requires pytest and hypothesis (``pip install 'statestore[dev]'``).
 
 from __future__ import annotations
 
-from .conformance import StorageConformance
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .conformance import StorageConformance
 
 __all__ = ["StorageConformance"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily: the suite's child processes import statestore.testing._worker
+    # and should not pay for loading pytest and hypothesis.
+    if name == "StorageConformance":
+        from .conformance import StorageConformance  # noqa: PLC0415
+
+        return StorageConformance
+    raise AttributeError(name)
