@@ -41,7 +41,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from ..codecs import Codec, SafeCodec
 from ..errors import (
@@ -56,6 +56,9 @@ from . import _layout, _validate
 from ._layout import RunIndex, SavepointRecord
 
 __all__ = ["MissingBlobsError", "Savepoint", "SavepointInfo", "Storage"]
+
+#: Reads of a manifest and its packs, when a concurrent prune frees packs in between.
+READ_ATTEMPTS = 3
 
 #: How many runs' previous savepoints one storage object remembers for incremental saves.
 INDEX_CACHE_RUNS = 64
@@ -291,7 +294,7 @@ class Storage(ABC):
         with self._boundary():
             self._close()
 
-    def __enter__(self) -> Storage:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -306,13 +309,19 @@ class Storage(ABC):
 
     def _load(self, run_id: str, timestamp: int | None) -> Savepoint:
         with self._boundary(run_id, timestamp):
-            found = self._read_manifest(run_id, timestamp)
-            if found is None:
-                where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
-                raise NoSavepointError(f"run {run_id!r} has {where}")
-            found_ts, manifest_bytes = found
-            manifest = _layout.decode_manifest(run_id, found_ts, manifest_bytes)
-            packs = self._read_blobs(run_id, manifest.packs)
+            for _attempt in range(READ_ATTEMPTS):
+                found = self._read_manifest(run_id, timestamp)
+                if found is None:
+                    where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
+                    raise NoSavepointError(f"run {run_id!r} has {where}")
+                found_ts, manifest_bytes = found
+                manifest = _layout.decode_manifest(run_id, found_ts, manifest_bytes)
+                packs = self._read_blobs(run_id, manifest.packs)
+                if len(packs) == len(set(manifest.packs)):
+                    break
+                # A prune or replace by another handle may have freed these packs between
+                # the two reads: read the (new) manifest again. Still missing after the
+                # last attempt, decode_states reports the savepoint corrupt.
         codec = _layout.codec_for(manifest, self.codec, run_id)
         entities, index = _layout.decode_states(run_id, manifest, packs, codec)
         if timestamp is None:  # a resumed run saves next: base that save on what it loaded
