@@ -15,6 +15,7 @@ import pytest
 from statestore import Storage, open_storage
 from statestore.storage import MemoryStorage
 from statestore.storage import _layout as layout
+from statestore.storage._files import FileStorage
 
 StoredBlobs = Callable[[Storage, str], dict[str, int]]
 
@@ -25,8 +26,19 @@ def _memory_blobs(storage: Storage, run_id: str) -> dict[str, int]:
     return {} if run is None else {name: len(blob) for name, blob in run.blobs.items()}
 
 
+def _file_blobs(storage: Storage, run_id: str) -> dict[str, int]:
+    assert isinstance(storage, FileStorage)
+    packs = Path(storage._run_dir(run_id)) / "packs"
+    if not packs.exists():
+        return {}
+    return {
+        path.name: path.stat().st_size for path in packs.iterdir() if not path.name.startswith(".")
+    }
+
+
 BACKENDS: dict[str, tuple[Callable[[Path], str], StoredBlobs]] = {
     "memory": (lambda tmp: f"memory://inc-{uuid.uuid4().hex}", _memory_blobs),
+    "file": (lambda tmp: f"file://{tmp}/store", _file_blobs),
 }
 
 
