@@ -1,0 +1,517 @@
+"""``sqlite:///relative.db``, ``sqlite:////absolute.db``: the embedded default backend.
+
+One database file holds every run. Schema (version 1)::
+
+    runs            (id, run_id UNIQUE, writer_token)
+    blobs           (run -> runs, name, data)               immutable packs
+    savepoints      (run -> runs, ts, manifest, entity_count, size)
+    savepoint_refs  (run, ts -> savepoints, name -> blobs)  what each savepoint points into
+    counters        ('writer_token', value)                 tokens never repeat in a file
+
+Every write is one ``BEGIN IMMEDIATE`` transaction in WAL mode with
+``synchronous=FULL``: a commit is on disk before it returns, readers never block the
+writer, and writers of several processes queue on the busy timeout. Foreign keys
+cascade a dropped run to everything it owns and refuse to free a blob a savepoint
+still refers to. The schema is created by numbered migrations recorded in
+``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as ours.
+
+Each thread uses its own connection (SQLite connections are not for concurrent use);
+:meth:`SQLiteStorage.close` closes all of them. After ``fork()`` the child opens its
+own connections and never touches the inherited ones (``os.register_at_fork``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sqlite3
+import threading
+import urllib.parse
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..codecs import Codec
+from ..errors import BackendError, ConfigError
+from ._base import MissingBlobsError, SavepointInfo, Storage
+from ._layout import SavepointRecord
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
+
+#: ``PRAGMA application_id`` of a statestore file ("StSt"): tells our files from others.
+APPLICATION_ID = 0x53745374
+
+#: Numbered schema migrations: entry ``n`` takes ``user_version`` from ``n`` to ``n + 1``.
+#: Append only; a released migration never changes.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL UNIQUE,
+            writer_token INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE blobs (
+            run INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            data BLOB NOT NULL,
+            UNIQUE (run, name)
+        )""",
+        """CREATE TABLE savepoints (
+            run INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+            ts INTEGER NOT NULL,
+            manifest BLOB NOT NULL,
+            entity_count INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (run, ts)
+        )""",
+        """CREATE TABLE savepoint_refs (
+            run INTEGER NOT NULL,
+            ts INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            PRIMARY KEY (run, ts, name),
+            FOREIGN KEY (run, ts) REFERENCES savepoints (run, ts) ON DELETE CASCADE,
+            FOREIGN KEY (run, name) REFERENCES blobs (run, name)
+        ) WITHOUT ROWID""",
+        # Freeing a blob looks up who still refers to it (and so does the foreign key).
+        "CREATE INDEX savepoint_refs_by_blob ON savepoint_refs (run, name)",
+        """CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO counters (name, value) VALUES ('writer_token', 0)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+DEFAULT_TIMEOUT = 30.0
+#: Keep the WAL file from staying as large as the biggest save ever made.
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+_CONNECTION_PRAGMAS = (
+    "PRAGMA synchronous = FULL",  # fsync the WAL on every commit: durable on return
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA fullfsync = ON",  # macOS: fsync alone does not reach the platter
+    "PRAGMA checkpoint_fullfsync = ON",
+    f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}",
+)
+
+_RUN_KEY = "SELECT id, writer_token FROM runs WHERE run_id = ?"
+
+# One line per primary SQLite result code a user can act on.
+_PLAIN_ERRORS = {
+    sqlite3.SQLITE_READONLY: "the database is read-only (file permissions, read-only mount)",
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_CORRUPT: "the database file is damaged",
+    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the database file (missing or unwritable directory?)",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_NOMEM: "out of memory",
+}
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced, so a dead thread's one is freed."""
+
+
+class SQLiteStorage(Storage):
+    """Savepoints in one SQLite database file, shared by threads and processes.
+
+    ``timeout`` is how many seconds a write waits for another writer's lock before
+    failing with :class:`~statestore.errors.BackendError`. The parent directory is
+    created when missing.
+    """
+
+    driver_errors = (sqlite3.Error, OSError)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        codec: Codec | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(codec)
+        self.path = _check_path(path)
+        self.timeout = _check_timeout(timeout)
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._inherited: list[_Connection] = []  # a forked parent's: kept open, never used
+        self._connections_lock = threading.Lock()
+        _open_storages.add(self)
+        try:
+            with self._boundary():
+                self._open()
+        except BaseException:
+            self._close()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str, codec: Codec | None = None, **options: Any) -> SQLiteStorage:
+        """``sqlite:///relative/path.db`` (to the cwd) or ``sqlite:////absolute/path.db``.
+
+        Options come from the query string (``?timeout=5``) or as keywords; an
+        unknown, repeated or malformed option is a ConfigError.
+        """
+        parts = urllib.parse.urlsplit(url)
+        path = urllib.parse.unquote(parts.path[1:])
+        if parts.scheme.lower() != "sqlite" or parts.netloc or parts.fragment or not path:
+            raise ConfigError(
+                f"bad SQLite URL {url!r}: expected sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db (no host)"
+            )
+        try:
+            query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise ConfigError(
+                f"SQLite URL {url!r}: malformed query (expected ?name=value&...)"
+            ) from None
+        given: dict[str, Any] = {}
+        for key, value in [*query, *options.items()]:
+            if key in given:
+                raise ConfigError(f"SQLite URL {url!r}: option {key!r} given twice")
+            given[key] = value
+        unknown = sorted(set(given) - {"timeout"})
+        if unknown:
+            raise ConfigError(f"SQLite URL {url!r}: unknown option {unknown[0]!r} (known: timeout)")
+        timeout = given.get("timeout", DEFAULT_TIMEOUT)
+        if isinstance(timeout, str):
+            try:
+                timeout = float(timeout)
+            except ValueError:
+                raise ConfigError(
+                    f"SQLite URL {url!r}: timeout must be a number of seconds, not {timeout!r}"
+                ) from None
+        return cls(path, codec=codec, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self.path!r})"
+
+    # ---------------------------------------------------------------- connections
+
+    def _open(self) -> None:
+        """Create the file and directory if needed, switch to WAL, migrate the schema."""
+        directory = os.path.dirname(self.path)
+        created = not os.path.exists(self.path)
+        os.makedirs(directory, exist_ok=True)
+        try:
+            conn = self._connection()
+            # WAL is a property of the file: set once, every later connection uses it.
+            conn.execute("PRAGMA journal_mode = WAL")
+            if self._schema_version(conn) < SCHEMA_VERSION:
+                with self._write() as locked:
+                    self._migrate(locked)
+        except sqlite3.DatabaseError as exc:
+            if _code(exc) == sqlite3.SQLITE_NOTADB:
+                raise ConfigError(f"{self.path} is not a SQLite database") from None
+            raise
+        if created:  # the new file's directory entry must survive a power loss too
+            _fsync_directory(directory)
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version; ConfigError for a file that is not ours to use."""
+        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if app_id not in (0, APPLICATION_ID):
+            raise ConfigError(f"{self.path} is a SQLite database of another application")
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path} has statestore schema version {version}, newer than the "
+                f"{SCHEMA_VERSION} this statestore knows: upgrade statestore to open it"
+            )
+        if version == 0:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if tables:  # never add our tables to someone else's database
+                raise ConfigError(
+                    f"{self.path} is a SQLite database with tables of another application"
+                )
+        return int(version)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Apply the missing migrations inside the caller's write transaction."""
+        version = self._schema_version(conn)  # again: another process may have migrated
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise BackendError(f"{self!r} is closed")
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.timeout,
+                isolation_level=None,  # we issue BEGIN and COMMIT ourselves
+                check_same_thread=False,  # only so close() may close every thread's one
+                factory=_Connection,
+            )
+            try:
+                for pragma in _CONNECTION_PRAGMAS:
+                    conn.execute(pragma)
+            except BaseException:
+                conn.close()
+                raise
+            with self._connections_lock:
+                self._connections.add(conn)
+            self._local.conn = conn
+        return conn
+
+    def _after_fork(self) -> None:
+        """In a forked child, before it runs anything else: forget the parent's connections.
+
+        SQLite's locks are not inherited, so a child using them could see the parent
+        delete the WAL it writes to; closing them could disturb the parent's. They stay
+        referenced (never closed) and the child opens its own on first use.
+        """
+        self._connections_lock = threading.Lock()  # another thread may have held the old one
+        self._inherited.extend(self._connections)
+        self._connections = weakref.WeakSet()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. IMMEDIATE takes the write lock up front, so writers
+        queue on the busy timeout instead of failing when both upgrade from reading."""
+        conn = _begin(self._connection(), "BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):  # keep the original error
+                    conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: several SELECTs see one snapshot."""
+        conn = _begin(self._connection(), "BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def _close(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+            self._connections = weakref.WeakSet()
+        for conn in connections:
+            conn.close()
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        if isinstance(exc, sqlite3.Error):
+            code = _code(exc)
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                why = (
+                    f"database is locked: another process or thread held its write lock "
+                    f"for more than the {self.timeout:g} s timeout"
+                )
+            elif code == sqlite3.SQLITE_IOERR:
+                why = f"I/O error ({exc})"
+            else:
+                why = _PLAIN_ERRORS.get(code, f"{type(exc).__name__}: {exc}")
+        elif isinstance(exc, OSError):
+            why = exc.strerror or str(exc)
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        return f"SQLite store {self.path}: {why}"
+
+    # ---------------------------------------------------------------- primitives
+
+    def _create_run(self, run_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
+
+    def _run_exists(self, run_id: str) -> bool:
+        conn = self._connection()
+        return conn.execute(_RUN_KEY, (run_id,)).fetchone() is not None
+
+    def _list_run_ids(self) -> list[str]:
+        conn = self._connection()
+        return [run_id for (run_id,) in conn.execute("SELECT run_id FROM runs")]
+
+    def _drop_run(self, run_id: str) -> None:
+        with self._write() as conn:  # the foreign keys cascade to everything of the run
+            conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+    def _take_writer_token(self, run_id: str) -> int:
+        with self._write() as conn:
+            found = conn.execute(_RUN_KEY, (run_id,)).fetchone()
+            if found is None:
+                raise self._not_initialized(run_id)
+            # One counter for the whole file: a run deleted and created again never
+            # hands out a token that a writer of its former life still holds.
+            conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'writer_token'")
+            (token,) = conn.execute(
+                "SELECT value FROM counters WHERE name = 'writer_token'"
+            ).fetchone()
+            conn.execute("UPDATE runs SET writer_token = ? WHERE id = ?", (token, found[0]))
+            return int(token)
+
+    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None:
+        with self._write() as conn:
+            found = conn.execute(_RUN_KEY, (run_id,)).fetchone()
+            if found is None:
+                raise self._not_initialized(run_id)
+            run, token = found
+            if fence is not None and fence != token:
+                raise self._stale(run_id, fence, token)
+            refs = list(dict.fromkeys(record.refs))
+            for name in refs:
+                if name not in record.blobs and not _blob_exists(conn, run, name):
+                    raise MissingBlobsError(run_id)
+            conn.executemany(
+                "INSERT INTO blobs (run, name, data) VALUES (?, ?, ?)",
+                [(run, name, data) for name, data in record.blobs.items()],
+            )
+            replaced = conn.execute(
+                "DELETE FROM savepoints WHERE run = ? AND ts = ?", (run, record.timestamp)
+            ).rowcount
+            conn.execute(
+                "INSERT INTO savepoints (run, ts, manifest, entity_count, size) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (run, record.timestamp, record.manifest, record.entity_count, record.size),
+            )
+            conn.executemany(
+                "INSERT INTO savepoint_refs (run, ts, name) VALUES (?, ?, ?)",
+                [(run, record.timestamp, name) for name in refs],
+            )
+            if replaced:
+                _collect(conn, run)
+
+    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
+        conn = self._connection()
+        select = (
+            "SELECT s.ts, s.manifest FROM savepoints s JOIN runs r ON r.id = s.run "
+            "WHERE r.run_id = ?"
+        )
+        if timestamp is None:
+            found = conn.execute(f"{select} ORDER BY s.ts DESC LIMIT 1", (run_id,)).fetchone()
+        else:
+            found = conn.execute(f"{select} AND s.ts = ?", (run_id, timestamp)).fetchone()
+        return None if found is None else (int(found[0]), _as_bytes(found[1]))
+
+    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        with self._read() as conn:
+            for name in names:
+                row = conn.execute(
+                    "SELECT b.data FROM blobs b JOIN runs r ON r.id = b.run "
+                    "WHERE r.run_id = ? AND b.name = ?",
+                    (run_id, name),
+                ).fetchone()
+                if row is not None:
+                    found[name] = _as_bytes(row[0])
+        return found
+
+    def _index(self, run_id: str) -> list[SavepointInfo]:
+        conn = self._connection()
+        rows = conn.execute(
+            "SELECT s.ts, s.entity_count, s.size FROM savepoints s JOIN runs r ON r.id = s.run "
+            "WHERE r.run_id = ? ORDER BY s.ts",
+            (run_id,),
+        )
+        return [SavepointInfo(int(ts), int(count), int(size)) for ts, count, size in rows]
+
+    def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None:
+        with self._write() as conn:
+            found = conn.execute(_RUN_KEY, (run_id,)).fetchone()
+            if found is None:
+                return
+            run = found[0]
+            conn.executemany(  # their savepoint_refs rows go with them (cascade)
+                "DELETE FROM savepoints WHERE run = ? AND ts = ?",
+                [(run, timestamp) for timestamp in timestamps],
+            )
+            _collect(conn, run)
+
+    def _compact(self) -> None:
+        conn = self._connection()
+        conn.execute("VACUUM")  # rewrites the database into the WAL, without free pages
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # ...then back, shrinking both files
+
+
+# -------------------------------------------------------------------- helpers
+
+#: Every live SQLiteStorage, so a forked child can reset each one's connections.
+_open_storages: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for storage in list(_open_storages):
+        storage._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; where there is no fork there is nothing to do
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _as_bytes(value: object) -> bytes:
+    """A stored BLOB; a value of another type (written past the library) reads as empty,
+    which the layout's checks then report as corrupt."""
+    return value if isinstance(value, bytes) else b""
+
+
+def _begin(conn: sqlite3.Connection, begin: str) -> sqlite3.Connection:
+    if conn.in_transaction:  # left open by a call interrupted between BEGIN and its try
+        conn.execute("ROLLBACK")
+    conn.execute(begin)
+    return conn
+
+
+def _blob_exists(conn: sqlite3.Connection, run: int, name: str) -> bool:
+    query = "SELECT 1 FROM blobs WHERE run = ? AND name = ?"
+    return conn.execute(query, (run, name)).fetchone() is not None
+
+
+def _collect(conn: sqlite3.Connection, run: int) -> None:
+    """Delete every blob of the run that no remaining savepoint refers to."""
+    conn.execute(
+        "DELETE FROM blobs WHERE run = ? AND NOT EXISTS ("
+        "SELECT 1 FROM savepoint_refs r WHERE r.run = blobs.run AND r.name = blobs.name)",
+        (run,),
+    )
+
+
+def _code(exc: sqlite3.Error) -> int:
+    """The primary result code (extended codes carry more detail in the high bits)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return -1 if code is None else int(code) & 0xFF
+
+
+def _check_path(path: str | os.PathLike[str]) -> str:
+    """An absolute path: threads that connect later must not depend on the cwd then."""
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise ConfigError(f"SQLite path must be a str or path, not {path!r}") from None
+    if not isinstance(text, str) or not text or "\x00" in text:
+        raise ConfigError(f"bad SQLite path {path!r}")
+    if text == ":memory:":  # each connection would get its own, empty database
+        raise ConfigError(
+            "SQLite ':memory:' is not supported; use memory:// for an in-process store"
+        )
+    return os.path.abspath(text)
+
+
+def _check_timeout(timeout: Any) -> float:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
+        raise ConfigError(f"SQLite timeout must be a number of seconds >= 0, not {timeout!r}")
+    return float(timeout)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
