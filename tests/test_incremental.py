@@ -16,6 +16,7 @@ from statestore import Storage, open_storage
 from statestore.storage import MemoryStorage
 from statestore.storage import _layout as layout
 from statestore.storage._files import FileStorage
+from statestore.storage._sqlite import SQLiteStorage
 
 StoredBlobs = Callable[[Storage, str], dict[str, int]]
 
@@ -36,9 +37,19 @@ def _file_blobs(storage: Storage, run_id: str) -> dict[str, int]:
     }
 
 
+def _sqlite_blobs(storage: Storage, run_id: str) -> dict[str, int]:
+    assert isinstance(storage, SQLiteStorage)
+    rows = storage._connection().execute(
+        "SELECT b.name, length(b.data) FROM blobs b JOIN runs r ON b.run = r.id WHERE r.run_id = ?",
+        (run_id,),
+    )
+    return dict(rows.fetchall())
+
+
 BACKENDS: dict[str, tuple[Callable[[Path], str], StoredBlobs]] = {
     "memory": (lambda tmp: f"memory://inc-{uuid.uuid4().hex}", _memory_blobs),
     "file": (lambda tmp: f"file://{tmp}/store", _file_blobs),
+    "sqlite": (lambda tmp: f"sqlite:///{tmp}/store.db", _sqlite_blobs),
 }
 
 
