@@ -34,7 +34,7 @@ import time
 import urllib.parse
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -244,9 +244,6 @@ class FileStorage(Storage):
 
     def __repr__(self) -> str:
         return f"FileStorage({self.directory!r})"
-
-    def __enter__(self) -> Self:  # the base's annotation would widen it to Storage
-        return self
 
     # ---------------------------------------------------------------- paths and locks
 
