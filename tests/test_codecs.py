@@ -218,7 +218,9 @@ def test_pickle_codec_refuses_a_bad_key() -> None:
         PickleCodec(key="not bytes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("codec", [SafeCodec(), PickleCodec(), PickleCodec(key=b"k")], ids=repr)
+@pytest.mark.parametrize(
+    "codec", [SafeCodec(), PickleCodec(), PickleCodec(key=b"k")], ids=["safe", "pickle", "signed"]
+)
 def test_codecs_satisfy_the_protocol(codec: Codec) -> None:
     assert isinstance(codec, Codec)
     assert codec.name
