@@ -1,4 +1,4 @@
-"""The memory backend runs the whole conformance suite."""
+"""The memory backend runs the in-process conformance suite (processes cannot share it)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from collections.abc import Callable
 import pytest
 
 from statestore.storage import MemoryStorage, Storage
-from statestore.testing import StorageConformance
-from statestore.testing.conformance import Part
+from statestore.testing.conformance import InProcessConformance, Part
 
 
-class TestMemory(StorageConformance):
-    shared_across_processes = False
+class TestMemory(InProcessConformance):
     persistent = True  # while the process lives, memory://NAME is the same store
 
     @pytest.fixture

@@ -113,15 +113,12 @@ def _finish(child: subprocess.Popen[str]) -> str:
     return stdout
 
 
-class StorageConformance:
-    """Subclass per backend; provide the ``url`` fixture and the ``tamper`` back door.
+class InProcessConformance:
+    """Every rule a store must keep within one process; see :class:`StorageConformance`.
 
-    ``url`` names a fresh, empty store for each test; the suite opens it with
-    :meth:`open` (several times when it needs several handles or processes on one store).
+    Subclass this directly only for a store that processes cannot share (``memory://``).
     """
 
-    #: Whether separate processes opening ``url`` see one store (False for memory://).
-    shared_across_processes: ClassVar[bool] = True
     #: Whether data survives closing every handle and reopening the URL.
     persistent: ClassVar[bool] = True
 
@@ -641,9 +638,28 @@ class StorageConformance:
             self._assert_whole(storage, f"own-{i}", 1_000 + (saves - 1) * threads + i)
         self._assert_whole(storage, "shared", 1_000 + saves * threads - 1)
 
+    def _assert_whole(self, storage: Storage, run_id: str, latest: int) -> None:
+        """Every savepoint of the run decodes whole, and the latest is ``latest``."""
+        assert storage.get_latest_savepoint_timestamp(run_id) == latest
+        assert storage.get_latest_savepoint(run_id).timestamp == latest
+        for row in storage.list_savepoints(run_id):
+            problem = wholeness_problem(storage.get_savepoint(run_id, row.timestamp))
+            assert problem is None, f"run {run_id!r}: {problem}"
+
+    # ================================================================ model-based
+
+    def test_matches_a_dict_model(self, url: str) -> None:
+        check_against_model(lambda: self.open(url), reopen=self.persistent)
+
+
+class StorageConformance(InProcessConformance):
+    """The whole suite: subclass per backend; provide ``url`` and the ``tamper`` back door.
+
+    ``url`` names a fresh, empty store for each test; the suite opens it with
+    :meth:`open` (several times when it needs several handles or processes on one store).
+    """
+
     def test_processes_share_one_store(self, url: str, storage: Storage) -> None:
-        if not self.shared_across_processes:
-            pytest.skip("this backend is private to one process")
         writers, saves = 3, 10
         # Three writers interleave timestamps in one run, pruning it; a fourth has its own.
         plans = [("shared", i + 1, writers, 3) for i in range(writers)] + [("own", 1, 1, 0)]
@@ -659,8 +675,6 @@ class StorageConformance:
         assert len(storage.list_savepoints("own")) == saves
 
     def test_writer_token_fences_other_processes(self, url: str, storage: Storage) -> None:
-        if not self.shared_across_processes:
-            pytest.skip("this backend is private to one process")
         storage.init_storage("run")
         mine = storage.acquire_writer("run")
         theirs = int(_finish(_spawn("acquire", url, "run")))
@@ -669,16 +683,3 @@ class StorageConformance:
             storage.save_savepoint("run", 60_000, [("a", 1)], writer_token=mine)
         assert storage.list_savepoints("run") == []
         storage.save_savepoint("run", 60_000, [("a", 1)], writer_token=theirs)
-
-    def _assert_whole(self, storage: Storage, run_id: str, latest: int) -> None:
-        """Every savepoint of the run decodes whole, and the latest is ``latest``."""
-        assert storage.get_latest_savepoint_timestamp(run_id) == latest
-        assert storage.get_latest_savepoint(run_id).timestamp == latest
-        for row in storage.list_savepoints(run_id):
-            problem = wholeness_problem(storage.get_savepoint(run_id, row.timestamp))
-            assert problem is None, f"run {run_id!r}: {problem}"
-
-    # ================================================================ model-based
-
-    def test_matches_a_dict_model(self, url: str) -> None:
-        check_against_model(lambda: self.open(url), reopen=self.persistent)
