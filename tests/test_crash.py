@@ -35,6 +35,7 @@ RUN_ID = "crash-run"
 URL_MAKERS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
     "sqlite": lambda request, tmp: f"sqlite:///{tmp}/crash.db",
     "file": lambda request, tmp: f"file://{tmp}/crash-store",
+    "postgresql": lambda request, tmp: request.getfixturevalue("postgres_store_url"),
 }
 
 
