@@ -481,15 +481,13 @@ def test_processes_save_different_runs_at_once(postgres_store_url: str) -> None:
 
 
 def test_two_processes_save_one_run_at_once(postgres_store_url: str) -> None:
-    # Odd timestamps 1..29 are saved by both (each replacing the other's); both prune.
-    children = [
-        _save_worker(postgres_store_url, "shared", (1, 1, 30, 3)),
-        _save_worker(postgres_store_url, "shared", (1, 2, 20, 3)),
-    ]
+    # Both save the same timestamps (each replacing the other's savepoints) and prune,
+    # so commits, replacements and prunes of one run keep queueing on its lock.
+    children = [_save_worker(postgres_store_url, "shared", (1, 1, 60, 3)) for _ in range(2)]
     for child in children:
-        _finish(child)
+        assert _finish(child).splitlines() == [f"ACK {ts}" for ts in range(1, 61)]
     with _open(postgres_store_url) as storage:
-        _assert_whole(storage, "shared", 39)
+        _assert_whole(storage, "shared", 60)
         assert _orphans(storage, "shared") == []
 
 
