@@ -1,0 +1,74 @@
+"""``Entity``: one stateful component of a run, as the job's code holds it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RunNotInitializedError
+from ..schedule import next_savepoint, previous_savepoint
+from ..storage import _validate
+
+if TYPE_CHECKING:
+    from ._store import StateStore
+
+__all__ = ["Entity"]
+
+
+@dataclass(slots=True)
+class Entity:
+    """One entity of a run: its state and where it stands on the savepoint grid.
+
+    Entities come from :meth:`StateStore.init_run_state`,
+    :meth:`StateStore.load_run_state` or :meth:`StateStore.start`. Each is meant to be
+    driven by one thread at a time; different entities of a run may run in different
+    threads. The methods change the entity in place and return it, so both
+    ``entity.ack_processed_time(t)`` and ``entity = entity.ack_processed_time(t)`` work.
+
+    * ``timestamp``: the highest event time given to :meth:`update_state` or
+      :meth:`ack_processed_time`; it never moves backwards.
+    * ``next_savepoint``: the next savepoint this entity must fill (``None`` without a
+      schedule).
+    * ``last_savepoint``: the last savepoint it filled, or the savepoint it was loaded
+      from (``None`` when there is none).
+    """
+
+    id: str
+    state: Any
+    timestamp: int
+    schedule: int | None
+    next_savepoint: int | None
+    last_savepoint: int | None = None
+    _store: StateStore | None = field(default=None, repr=False, compare=False)
+    _generation: int = field(default=0, repr=False, compare=False)
+
+    def update_state(self, timestamp: int, state: Any) -> Entity:
+        """Set the state after processing an input at ``timestamp``; in memory only."""
+        _validate.timestamp(timestamp)
+        self.state = state
+        self.timestamp = max(self.timestamp, timestamp)
+        return self
+
+    def ack_processed_time(self, timestamp: int) -> Entity:
+        """Declare every input with a timestamp below ``timestamp`` processed.
+
+        When ``timestamp`` reaches ``next_savepoint``, the current state is saved once,
+        for every savepoint up to ``timestamp``, and ``next_savepoint`` moves past
+        ``timestamp``. The call returns after any savepoint it completed is persisted.
+        An acknowledgement older than ``timestamp`` is already implied by a newer one
+        and changes nothing. If saving raises, the entity is left as it was.
+        """
+        _validate.timestamp(timestamp)
+        if timestamp < self.timestamp:
+            return self
+        if self.next_savepoint is not None and timestamp >= self.next_savepoint:
+            if self._store is None:
+                raise RunNotInitializedError(
+                    f"entity {self.id!r} belongs to no StateStore; entities come from "
+                    "init_run_state(), load_run_state() or start()"
+                )
+            self._store._save(self.id, timestamp, self.state, self._generation)
+            self.last_savepoint = previous_savepoint(self.schedule, timestamp)
+            self.next_savepoint = next_savepoint(self.schedule, timestamp)
+        self.timestamp = timestamp
+        return self
