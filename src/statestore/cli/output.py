@@ -1,0 +1,196 @@
+"""How the command line prints: tables and readable states for people, JSON for programs.
+
+Tables, states and messages go to stdout; progress bars and errors go to stderr, so
+``--json`` output stays clean even while a bar is drawn. Timestamps are shown as
+integers (epoch milliseconds) with the UTC date beside them; JSON carries the integers only.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import math
+import sys
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.pretty import pretty_repr
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..ops import Progress as ProgressCallback
+
+__all__ = [
+    "Output",
+    "format_date",
+    "format_size",
+    "is_abbreviated",
+    "to_json",
+]
+
+#: Width used when stdout is not a terminal, so piped tables are not wrapped at 80 columns.
+PIPE_WIDTH = 160
+
+# How ``show`` abbreviates large states unless ``--full``.
+MAX_ITEMS = 20  # items shown per container
+MAX_STRING = 200  # characters shown per str or bytes
+MAX_DEPTH = 6  # nesting levels shown
+
+
+class Output:
+    """The one place that writes to stdout and stderr for a command."""
+
+    def __init__(self, json_mode: bool = False) -> None:
+        self.json_mode = json_mode
+        probe = Console()
+        self.out = Console(width=None if probe.is_terminal else PIPE_WIDTH, highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def json(self, value: Any) -> None:
+        """Print one JSON document (``value`` already made of JSON types)."""
+        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+    def line(self, text: str = "") -> None:
+        """Print a line of plain text (no markup interpretation)."""
+        self.out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def table(
+        self, columns: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[str] = ()
+    ) -> None:
+        """Print a table; columns named in ``right`` are right-aligned (numbers)."""
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in columns:
+            table.add_column(column, justify="right" if column in right else "left")
+        for row in rows:
+            table.add_row(*row)
+        with self.out.capture() as captured:
+            self.out.print(table)
+        # Rich pads the last column to its width; trailing blanks only get in the way.
+        sys.stdout.write("".join(f"{line.rstrip()}\n" for line in captured.get().splitlines()))
+
+    def state(self, value: Any, *, full: bool) -> None:
+        """Print one entity state readably; abbreviated (MAX_ITEMS, ...) unless ``full``."""
+        width = max(self.out.width, 40)
+        if full:
+            text = pretty_repr(value, max_width=width)
+        else:
+            text = pretty_repr(
+                value,
+                max_width=width,
+                max_length=MAX_ITEMS,
+                max_string=MAX_STRING,
+                max_depth=MAX_DEPTH,
+            )
+        self.line(text)
+
+    def confirm(self, question: str) -> bool:
+        """Ask on the terminal; only ``y`` or ``yes`` says yes."""
+        self.err.print(f"{question} [y/N] ", end="", markup=False)
+        try:
+            answer = input()
+        except EOFError:
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    @contextlib.contextmanager
+    def progress(self, description: str) -> Iterator[ProgressCallback]:
+        """A progress bar on stderr while the block runs (drawn only on a terminal)."""
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.err,
+            disable=not self.err.is_terminal,
+            transient=False,
+        )
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        with bar:
+            yield update
+
+
+def format_date(timestamp: int | None) -> str:
+    """Epoch milliseconds as a UTC date, ``2024-05-01 12:00:00.000``; ``-`` when out of range."""
+    if timestamp is None:
+        return "-"
+    try:
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=timestamp)
+    except OverflowError:
+        return "-"  # beyond year 9999: the integer is all there is
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def format_size(size: int | None) -> str:
+    """Bytes for people: ``902 B``, ``9.8 KiB``, ``1.2 MiB``; ``?`` when unknown."""
+    if size is None:
+        return "?"
+    if abs(size) < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def is_abbreviated(value: Any, depth: int = 0) -> bool:
+    """Whether ``show`` shortens this value (more than MAX_ITEMS, MAX_STRING, MAX_DEPTH)."""
+    if isinstance(value, str | bytes):
+        return len(value) > MAX_STRING
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
+        if len(value) > MAX_ITEMS:
+            return True
+        if value and depth >= MAX_DEPTH:
+            return True
+        items = [*value.keys(), *value.values()] if isinstance(value, Mapping) else list(value)
+        return any(is_abbreviated(item, depth + 1) for item in items)
+    return False
+
+
+def to_json(value: Any) -> Any:
+    """A decoded state as JSON types; what JSON cannot say exactly is written as a string.
+
+    tuple, set and frozenset become lists (sets sorted when they can be); bytes become
+    base64 text; datetime, date and time ISO 8601; timedelta seconds (float); Decimal,
+    UUID and ints beyond 64 bits strings; nan and infinities ``"NaN"``, ``"Infinity"``,
+    ``"-Infinity"``; dict keys that are not strings ``str()`` of the key.
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {(k if isinstance(k, str) else str(k)): to_json(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        items = [to_json(item) for item in value]
+        with contextlib.suppress(TypeError):
+            items.sort()
+        return items
+    if isinstance(value, list | tuple):
+        return [to_json(item) for item in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    return repr(value)

@@ -1,0 +1,311 @@
+"""The run archive: one file holding a run's savepoints, readable by any backend.
+
+Layout::
+
+    b"STATESTORE-ARCHIVE\\n"  version (1 byte)
+    frame*                     each: flags (1 byte), stored length (8), body length (8),
+                               SHA-256 of the body (32), stored bytes (zstd when flag 1)
+    body                       MessagePack: a header, then one savepoint per frame, then
+                               an end frame with the count and a SHA-256 over every
+                               earlier frame's digest (a lost, repeated or reordered frame
+                               fails it; a truncated archive has no end frame)
+
+A savepoint frame holds the codec name and the *encoded* states exactly as the store
+held them (already checked against the store's checksums), so an archive round-trips
+bytes exactly, whatever codec wrote them, without decoding anything.
+The archive is written to a temporary file beside the target, fsynced and renamed into
+place: a crash leaves the old file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any, Self
+
+import msgpack
+import zstandard
+
+from ..errors import BackendError, CorruptSavepointError, InvalidArgumentError
+from ..storage import _validate
+from ._stored import StoredSavepoint
+
+__all__ = ["MAGIC", "VERSION", "ArchiveHeader", "ArchiveReader", "ArchiveWriter"]
+
+MAGIC = b"STATESTORE-ARCHIVE\n"
+VERSION = 1
+_FRAME = struct.Struct(">BQQ32s")  # flags, stored length, body length, SHA-256 of the body
+_ZSTD = 1
+#: A frame body larger than this is refused before it is read: a bound for hostile files.
+MAX_FRAME_BYTES = 1 << 36
+#: Bodies shorter than this are not worth compressing.
+_COMPRESS_FROM = 1024
+
+
+@dataclass(frozen=True)
+class ArchiveHeader:
+    """The first frame: which run, when it was exported (epoch ms), by which format."""
+
+    run_id: str
+    exported_at: int
+
+
+def _damaged(path: str, why: str) -> CorruptSavepointError:
+    return CorruptSavepointError(f"archive {path}: damaged: {why}")
+
+
+class ArchiveWriter:
+    """Write an archive atomically: ``add`` each savepoint, then ``commit``.
+
+    Leaving the ``with`` block without ``commit`` (or by an exception) removes the
+    temporary file and leaves any existing file at ``path`` untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], run_id: str, *, overwrite: bool) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.run_id = _validate.run_id(run_id)
+        self.overwrite = overwrite
+        self.savepoints = 0
+        self.bytes_written = 0
+        self._chain = hashlib.sha256()
+        self._compressor = zstandard.ZstdCompressor(level=3)
+        self._refuse_existing()
+        directory, name = os.path.split(self.path)
+        self._temp = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(6)}")
+        self._file: IO[bytes] | None = None
+        with self._io("create"):
+            self._file = open(self._temp, "xb")  # noqa: SIM115 - closed by commit/abort
+            self._file.write(MAGIC + bytes([VERSION]))
+        self.bytes_written = len(MAGIC) + 1
+        self._frame({"kind": "header", "run_id": self.run_id, "exported_at": _now_ms()})
+
+    def _refuse_existing(self) -> None:
+        if not self.overwrite and os.path.lexists(self.path):
+            raise InvalidArgumentError(
+                f"{self.path} exists; refusing to overwrite it (use --force / overwrite=True)"
+            )
+
+    @contextlib.contextmanager
+    def _io(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise BackendError(
+                f"archive {self.path}: cannot {doing}: {exc.strerror or exc}"
+            ) from None
+
+    def _frame(self, body: dict[str, Any]) -> None:
+        assert self._file is not None
+        raw: bytes = msgpack.packb(body, use_bin_type=True)
+        digest = hashlib.sha256(raw).digest()
+        self._chain.update(digest)
+        stored, flags = raw, 0
+        if len(raw) >= _COMPRESS_FROM:
+            compressed = self._compressor.compress(raw)
+            if len(compressed) < len(raw):
+                stored, flags = compressed, _ZSTD
+        with self._io("write"):
+            self._file.write(_FRAME.pack(flags, len(stored), len(raw), digest))
+            self._file.write(stored)
+        self.bytes_written += _FRAME.size + len(stored)
+
+    def add(self, stored: StoredSavepoint) -> None:
+        """Append one savepoint (savepoints go in ascending timestamp order)."""
+        self._frame(
+            {
+                "kind": "savepoint",
+                "ts": stored.timestamp,
+                "codec": stored.codec,
+                "ids": [entity_id for entity_id, _data in stored.entities],
+                "states": [data for _entity_id, data in stored.entities],
+            }
+        )
+        self.savepoints += 1
+
+    def commit(self) -> None:
+        """Write the end frame, make the file durable and move it into place."""
+        self._frame({"kind": "end", "savepoints": self.savepoints, "chain": self._chain.digest()})
+        assert self._file is not None
+        with self._io("write"):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            self._refuse_existing()  # someone may have created it since we began
+            os.replace(self._temp, self.path)
+            directory = os.open(os.path.dirname(self.path), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def abort(self) -> None:
+        """Drop the temporary file; the target is untouched."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._temp)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class ArchiveReader:
+    """Read an archive, checking every frame; ``savepoints()`` yields them in order.
+
+    Every failure is :class:`~statestore.errors.CorruptSavepointError` naming the file,
+    except a file that is not an archive at all (InvalidArgumentError) and an
+    unreadable file (BackendError).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        try:
+            self._file: IO[bytes] = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            self._size = os.fstat(self._file.fileno()).st_size
+        except OSError as exc:
+            raise BackendError(f"archive {self.path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            self.header = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_prefix(self, count: int) -> bytes:
+        """Up to ``count`` bytes (fewer at the end of the file)."""
+        try:
+            return self._file.read(count)
+        except OSError as exc:
+            raise BackendError(f"archive {self.path}: cannot read: {exc.strerror or exc}") from None
+
+    def _read(self, count: int) -> bytes:
+        data = self._read_prefix(count)
+        if len(data) != count:
+            raise _damaged(self.path, "truncated")
+        return data
+
+    def _read_header(self) -> ArchiveHeader:
+        start = self._read_prefix(len(MAGIC) + 1)
+        if len(start) != len(MAGIC) + 1 or start[: len(MAGIC)] != MAGIC:
+            raise InvalidArgumentError(f"{self.path} is not a statestore archive")
+        if start[-1] != VERSION:
+            raise InvalidArgumentError(
+                f"{self.path} is archive version {start[-1]}; this statestore reads version "
+                f"{VERSION}"
+            )
+        self._chain = hashlib.sha256()
+        body = self._frame()
+        if body.get("kind") != "header":
+            raise _damaged(self.path, "no header frame")
+        run_id, exported_at = body.get("run_id"), body.get("exported_at")
+        if not isinstance(exported_at, int):
+            raise _damaged(self.path, "bad header frame")
+        try:
+            run_id = _validate.run_id(run_id)
+        except InvalidArgumentError:
+            raise _damaged(self.path, f"bad run id {run_id!r}") from None
+        return ArchiveHeader(run_id, exported_at)
+
+    def _frame(self) -> dict[str, Any]:
+        flags, stored_len, raw_len, digest = _FRAME.unpack(self._read(_FRAME.size))
+        remaining = self._size - self._file.tell()
+        if stored_len > remaining or raw_len > MAX_FRAME_BYTES or flags not in (0, _ZSTD):
+            raise _damaged(self.path, "bad frame header (or truncated)")
+        stored = self._read(stored_len)
+        try:
+            raw = (
+                zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_len)
+                if flags == _ZSTD
+                else stored
+            )
+        except zstandard.ZstdError:
+            raise _damaged(self.path, "a frame does not decompress") from None
+        if len(raw) != raw_len or hashlib.sha256(raw).digest() != digest:
+            raise _damaged(self.path, "checksum mismatch")
+        self._chain.update(digest)
+        try:
+            body = msgpack.unpackb(raw, raw=False)
+        except Exception:  # the digest matched, so only a writer bug gets here
+            raise _damaged(self.path, "a frame does not decode") from None
+        if not isinstance(body, dict):
+            raise _damaged(self.path, "a frame is not a record")
+        return body
+
+    def savepoints(self) -> Iterator[StoredSavepoint]:
+        """Each savepoint, checked; the end frame is checked after the last one."""
+        count = 0
+        previous = -1
+        run_id = self.header.run_id
+        while True:
+            chain = self._chain.digest()  # what the end frame must carry
+            body = self._frame()
+            kind = body.get("kind")
+            if kind == "end":
+                if body.get("savepoints") != count or body.get("chain") != chain:
+                    raise _damaged(self.path, "frames are missing, repeated or out of order")
+                if self._read_prefix(1):
+                    raise _damaged(self.path, "bytes after the end frame")
+                return
+            if kind != "savepoint":
+                raise _damaged(self.path, f"unexpected frame {kind!r}")
+            stored = _savepoint(self.path, run_id, body)
+            if stored.timestamp <= previous:
+                raise _damaged(self.path, "savepoints out of order")
+            previous = stored.timestamp
+            count += 1
+            yield stored
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _savepoint(path: str, run_id: str, body: dict[str, Any]) -> StoredSavepoint:
+    """Check one savepoint frame's fields as strictly as a save would check them."""
+    timestamp, codec, ids, states = (body.get(k) for k in ("ts", "codec", "ids", "states"))
+    try:
+        timestamp = _validate.timestamp(timestamp)
+    except InvalidArgumentError:
+        raise _damaged(path, f"bad timestamp {timestamp!r}") from None
+    if (
+        not isinstance(codec, str)
+        or not isinstance(ids, list)
+        or not isinstance(states, list)
+        or len(ids) != len(states)
+        or not all(isinstance(entity_id, str) for entity_id in ids)
+        or not all(isinstance(data, bytes) for data in states)
+        or len(set(ids)) != len(ids)
+    ):
+        raise _damaged(path, f"savepoint {timestamp}: malformed")
+    return StoredSavepoint(run_id, timestamp, codec, list(zip(ids, states, strict=True)))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,149 @@
+"""What a store holds: runs, their sizes, growth over the savepoints, the biggest entities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CorruptSavepointError, NoSavepointError
+from ..storage import Savepoint, Storage, _validate
+from ._common import require_run, savepoint_data_size
+from ._stored import COMPRESSED, read_manifest
+
+__all__ = [
+    "EntitySize",
+    "RunStats",
+    "RunSummary",
+    "SavepointStats",
+    "load_savepoint",
+    "run_stats",
+    "run_summaries",
+    "run_summary",
+]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run at a glance.
+
+    ``size`` is the bytes of savepoint data the run holds (manifests plus packs, a pack
+    shared by incremental savepoints counted once). When the run's data is damaged so
+    that it cannot be listed or sized, the unknown fields are None and ``damaged`` says why.
+    """
+
+    run_id: str
+    savepoints: int | None
+    latest_timestamp: int | None
+    size: int | None
+    damaged: str | None = None
+
+
+@dataclass(frozen=True)
+class SavepointStats:
+    """One savepoint in :func:`run_stats`.
+
+    ``size`` is what the savepoint itself added to the store (an incremental
+    savepoint writes only the states that changed); ``state_bytes`` is the encoded size
+    of every state it holds, ``growth`` the change of ``state_bytes`` since the
+    previous savepoint (None for the first).
+    """
+
+    timestamp: int
+    entity_count: int
+    size: int
+    state_bytes: int
+    growth: int | None
+
+
+@dataclass(frozen=True)
+class EntitySize:
+    """One entity of the latest savepoint: encoded size and what it takes in the store."""
+
+    entity_id: str
+    encoded: int
+    stored: int
+    compressed: bool
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """Sizes of one run: total, per savepoint, and its biggest entities (latest savepoint)."""
+
+    run_id: str
+    size: int
+    savepoints: list[SavepointStats]
+    biggest: list[EntitySize]
+    entity_count: int
+
+
+def run_summary(storage: Storage, run_id: str) -> RunSummary:
+    """Savepoint count, latest timestamp and size of one run (NoSavepointError if unknown)."""
+    run_id = require_run(storage, run_id)
+    try:
+        rows = storage.list_savepoints(run_id)
+    except CorruptSavepointError as exc:
+        return RunSummary(run_id, None, None, None, damaged=str(exc))
+    latest = rows[-1].timestamp if rows else None
+    try:
+        size = savepoint_data_size(storage, run_id, [row.timestamp for row in rows])
+    except CorruptSavepointError as exc:
+        return RunSummary(run_id, len(rows), latest, None, damaged=str(exc))
+    except NoSavepointError:  # pruned while we looked: count what is there now
+        return run_summary(storage, run_id)
+    return RunSummary(run_id, len(rows), latest, size)
+
+
+def run_summaries(storage: Storage) -> list[RunSummary]:
+    """:func:`run_summary` of every run, sorted by run id; runs deleted meanwhile are left out."""
+    summaries = []
+    for run_id in storage.list_runs():
+        try:
+            summaries.append(run_summary(storage, run_id))
+        except NoSavepointError:
+            continue  # deleted between the listing and the look
+    return summaries
+
+
+def run_stats(storage: Storage, run_id: str, *, top: int = 10) -> RunStats:
+    """Sizes of a run: per savepoint, growth between them, the ``top`` biggest entities.
+
+    Reads manifests only, never states. Raises NoSavepointError for an unknown run and
+    CorruptSavepointError when a manifest is damaged.
+    """
+    run_id = require_run(storage, run_id)
+    top = _validate.keep_n(top)
+    rows = storage.list_savepoints(run_id)
+    savepoints: list[SavepointStats] = []
+    biggest: list[EntitySize] = []
+    entity_count = 0
+    previous: int | None = None
+    for row in rows:
+        manifest, _size = read_manifest(storage, run_id, row.timestamp)
+        state_bytes = sum(manifest.raw_lengths)
+        growth = None if previous is None else state_bytes - previous
+        savepoints.append(
+            SavepointStats(row.timestamp, row.entity_count, row.size, state_bytes, growth)
+        )
+        previous = state_bytes
+        if row is rows[-1]:
+            entity_count = len(manifest.ids)
+            sizes = [
+                EntitySize(entity_id, raw, stored, bool(flags & COMPRESSED))
+                for entity_id, raw, stored, flags in zip(
+                    manifest.ids,
+                    manifest.raw_lengths,
+                    manifest.lengths,
+                    manifest.flags,
+                    strict=True,
+                )
+            ]
+            biggest = sorted(sizes, key=lambda e: (-e.encoded, e.entity_id))[:top]
+    size = savepoint_data_size(storage, run_id, [row.timestamp for row in rows])
+    return RunStats(run_id, size, savepoints, biggest, entity_count)
+
+
+def load_savepoint(storage: Storage, run_id: str, timestamp: int | None = None) -> Savepoint:
+    """The savepoint at ``timestamp`` (latest when None), decoded; names an unknown run."""
+    run_id = require_run(storage, run_id)
+    if timestamp is None:
+        return storage.get_latest_savepoint(run_id)
+    return storage.get_savepoint(run_id, timestamp)
