@@ -10,6 +10,7 @@ Savepoint(timestamp=60000, entities=[('sensor-1', {'count': 3})])
 
 from __future__ import annotations
 
+from .engine import Entity, StartResult, StateStore
 from .errors import (
     BackendError,
     ConfigError,
@@ -30,12 +31,15 @@ __all__ = [
     "ConfigError",
     "CorruptSavepointError",
     "EncodeError",
+    "Entity",
     "InvalidArgumentError",
     "NoSavepointError",
     "RunNotInitializedError",
     "Savepoint",
     "SavepointInfo",
     "StaleWriterError",
+    "StartResult",
+    "StateStore",
     "StateStoreError",
     "Storage",
     "open_storage",

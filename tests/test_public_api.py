@@ -1,0 +1,89 @@
+"""The public names of DESIGN.md exist, and ``__all__`` lists exactly the public names."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from types import ModuleType
+
+import pytest
+
+import statestore
+from statestore import errors
+
+PUBLIC_MODULES = [
+    "statestore",
+    "statestore.errors",
+    "statestore.storage",
+    "statestore.codecs",
+    "statestore.schedule",
+    "statestore.engine",
+    "statestore.testing",
+]
+
+
+def public_names(module: ModuleType) -> set[str]:
+    """Names a user reaches: defined in the package (not imported helpers), not private."""
+    names = set()
+    for name, value in vars(module).items():
+        if name.startswith("_") or inspect.ismodule(value):
+            continue
+        if name in {"annotations", "TYPE_CHECKING"}:
+            continue
+        origin = getattr(value, "__module__", module.__name__) or ""
+        if origin.startswith("statestore") or not callable(value):
+            names.add(name)
+    return names
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_all_matches_the_public_names(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    assert public_names(module) <= set(module.__all__)  # nothing public left unlisted
+    for name in module.__all__:  # and everything listed is there (some load lazily)
+        assert getattr(module, name) is not None, name
+
+
+def test_design_names_exist() -> None:
+    for name in [
+        "StateStore",
+        "Entity",
+        "open_storage",
+        "Savepoint",
+        "StateStoreError",
+        "NoSavepointError",
+        "RunNotInitializedError",
+        "CorruptSavepointError",
+        "ConfigError",
+        "InvalidArgumentError",
+        "EncodeError",
+        "StaleWriterError",
+    ]:
+        assert hasattr(statestore, name), name
+    storage = importlib.import_module("statestore.storage")
+    for name in [
+        "Storage",
+        "init_config",
+        "get_config",
+        "init_storage",
+        "is_initialized",
+        "get_latest_savepoint",
+        "last_persisted_timestamp",
+        "save_run_state",
+        "delete_old_savepoints",
+        "delete_run",
+    ]:
+        assert callable(getattr(storage, name)), name
+    schedule = importlib.import_module("statestore.schedule")
+    for name in ["next_savepoint", "previous_savepoint", "unreached_savepoints"]:
+        assert callable(getattr(schedule, name)), name
+    assert callable(importlib.import_module("statestore.codecs").PickleCodec)
+
+
+def test_error_tree() -> None:
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.StateStoreError)
+    assert issubclass(errors.NoSavepointError, LookupError)
+    assert issubclass(errors.RunNotInitializedError, LookupError)
+    assert issubclass(errors.InvalidArgumentError, ValueError)
+    assert issubclass(errors.EncodeError, TypeError)
