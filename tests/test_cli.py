@@ -6,9 +6,12 @@ against SQLite and file stores filled through the library.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import re
+import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ from cli_support import (
 
 import statestore
 from statestore.cli._parser import build_parser
-from statestore.cli.output import format_date, to_json
+from statestore.cli.output import format_date, format_size, to_json
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
@@ -302,3 +305,47 @@ def test_stats_of_the_store(filled: str) -> None:
     assert stats["savepoints"] == sum(len(t) for t in RUNS.values())
     assert stats["size"] == sum(r["size"] for r in stats["runs"])
     assert "%" in run_cli("stats", "--url", filled).stdout
+
+
+# ------------------------------------------------------------------ output helpers
+
+
+def test_to_json_says_what_json_cannot_as_strings() -> None:
+    value = {
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "-inf": float("-inf"),
+        "big": 2**70,
+        "bytes": b"\x00\xff",
+        (1, 2): {3, 1, 2},
+        "when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC),
+        "span": dt.timedelta(minutes=1, milliseconds=500),
+        "money": Decimal("1.10"),
+        "id": uuid.UUID(int=1),
+        "frozen": frozenset(["b", "a"]),
+        "mixed": {1, "a"},
+    }
+    converted = to_json(value)
+    assert json.loads(json.dumps(converted, allow_nan=False)) == converted
+    assert converted["nan"] == "NaN"
+    assert converted["inf"] == "Infinity"
+    assert converted["-inf"] == "-Infinity"
+    assert converted["big"] == str(2**70)
+    assert converted["bytes"] == "AP8="
+    assert converted["(1, 2)"] == [1, 2, 3]
+    assert converted["when"] == "2024-05-01T12:00:00+00:00"
+    assert converted["span"] == 60.5
+    assert converted["money"] == "1.10"
+    assert converted["id"] == "00000000-0000-0000-0000-000000000001"
+    assert converted["frozen"] == ["a", "b"]
+    assert sorted(converted["mixed"], key=str) == [1, "a"]
+
+
+def test_dates_and_sizes_for_people() -> None:
+    assert format_date(0) == "1970-01-01 00:00:00.000"
+    assert format_date(1_714_564_800_123) == "2024-05-01 12:00:00.123"
+    assert format_date(2**63 - 1) == "-"  # beyond year 9999
+    assert format_date(None) == "-"
+    assert [format_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20, None)] == [
+        "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "?",
+    ]  # fmt: skip

@@ -23,6 +23,7 @@ __all__ = [
     "CliError",
     "Commands",
     "Handler",
+    "add_url_option",
     "open_store",
 ]
 

@@ -27,6 +27,10 @@ from rich.table import Table
 from ..ops import Progress as ProgressCallback
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_ITEMS",
+    "MAX_STRING",
+    "PIPE_WIDTH",
     "Output",
     "format_date",
     "format_size",

@@ -72,7 +72,7 @@ def export_run(
         return TransferResult(run_id, writer.savepoints, state_bytes)
 
 
-def archive_codecs(path: str | os.PathLike[str]) -> tuple[str, set[str], int]:
+def _check_archive(path: str | os.PathLike[str]) -> tuple[str, set[str], int]:
     """Check a whole archive; return its run id, the codecs it uses and its savepoint count."""
     with ArchiveReader(path) as reader:
         codecs: set[str] = set()
@@ -96,7 +96,7 @@ def import_run(
     the storage does not use (ConfigError) or an existing run without ``replace``
     (InvalidArgumentError) is refused before anything is written.
     """
-    run_id, codecs, count = archive_codecs(path)
+    run_id, codecs, count = _check_archive(path)
     _check_codecs(storage, run_id, codecs)
     existing = _check_target(storage, run_id, replace)
     with ArchiveReader(path) as reader:
