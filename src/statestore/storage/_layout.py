@@ -15,9 +15,8 @@ a savepoint points at the unchanged states an earlier savepoint wrote and packs 
 the states that changed (compared byte for byte with the run's previous savepoint,
 see :class:`RunIndex`). Backends know nothing of this: they store named, immutable
 blobs and free the ones no remaining manifest refers to. To keep loading one bounded
-read, a pack of which less than half is still referenced has its live states copied
-forward into the new pack, so the packs a savepoint refers to never hold more than
-about twice its live bytes.
+read, the live states of the sparsest packs are copied forward into the new pack
+whenever the packs a savepoint refers to would hold more than twice its live bytes.
 
 Reading checks every checksum before decoding, bounds every decompression by the
 length the manifest declares, and turns anything wrong into
@@ -105,8 +104,8 @@ class RunIndex:
     pack_sizes: dict[str, int]
 
 
-#: A pack of which a smaller fraction is still referenced gets its live states rewritten.
-MIN_LIVE_FRACTION = 0.5
+#: The packs a savepoint points into hold at most this many times its live bytes.
+MAX_READ_AMPLIFICATION = 2.0
 
 
 def new_pack_name(timestamp: int) -> str:
@@ -132,22 +131,36 @@ def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> by
 
 
 def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex | None) -> list[bool]:
-    """Which states are byte-identical to the base and sit in packs worth keeping."""
+    """Which states to point at in the base's packs rather than write anew.
+
+    A state is reusable when its bytes equal the base's. Then, so that loading reads at
+    most ``MAX_READ_AMPLIFICATION`` times the live bytes, the sparsest packs have their
+    live states copied forward into the new pack until the bound holds.
+    """
     if base is None:
         return [False] * len(ids)
     reuse: list[bool] = []
     live: dict[str, int] = {}
+    changed = 0
     for entity_id, data in zip(ids, encoded, strict=True):
         old = base.states.get(entity_id)
         same = old is not None and old.raw == data
         reuse.append(same)
         if same and old is not None:
             live[old.pack] = live.get(old.pack, 0) + old.length
-    # Copy forward the states of mostly-dead packs, so loading stays a bounded read.
-    sparse = {p for p, n in live.items() if n < MIN_LIVE_FRACTION * base.pack_sizes.get(p, 0)}
-    if sparse:
+        else:
+            changed += len(data)
+    live_total = changed + sum(live.values())
+    referenced = changed + sum(base.pack_sizes[pack] for pack in live)
+    copied: set[str] = set()
+    for pack in sorted(live, key=lambda p: live[p] / base.pack_sizes[p]):  # sparsest first
+        if referenced <= MAX_READ_AMPLIFICATION * live_total:
+            break
+        referenced -= base.pack_sizes[pack] - live[pack]
+        copied.add(pack)
+    if copied:
         for i, entity_id in enumerate(ids):
-            if reuse[i] and base.states[entity_id].pack in sparse:
+            if reuse[i] and base.states[entity_id].pack in copied:
                 reuse[i] = False
     return reuse
 
