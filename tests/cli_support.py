@@ -139,3 +139,20 @@ def _location(storage: Storage) -> str:
     path = getattr(storage, "path", None)
     assert isinstance(path, str)
     return path
+
+
+def set_manifest_byte(
+    sqlite_url: str, run_id: str, timestamp: int, offset: int, value: int
+) -> None:
+    """Overwrite one byte of a savepoint's manifest in a SQLite store, behind its back."""
+    with statestore.open_storage(sqlite_url) as storage:
+        path = _location(storage)
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        (run,) = conn.execute("SELECT id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        query = "SELECT manifest FROM savepoints WHERE run = ? AND ts = ?"
+        (data,) = conn.execute(query, (run, timestamp)).fetchone()
+        changed = data[:offset] + bytes([value]) + data[offset + 1 :]
+        conn.execute(
+            "UPDATE savepoints SET manifest = ? WHERE run = ? AND ts = ?",
+            (changed, run, timestamp),
+        )

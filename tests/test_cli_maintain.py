@@ -18,6 +18,7 @@ from cli_support import (
     damage_savepoint_file,
     fill,
     run_cli,
+    set_manifest_byte,
     snapshot,
     store_url,
 )
@@ -95,6 +96,26 @@ def test_verify_a_damaged_savepoint_file_of_a_file_store(tmp_path: Path) -> None
     damaged = next(r for r in runs if r["run_id"] == "sensor-fleet")
     assert damaged["damaged"] is not None
     assert damaged["size"] is None
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "expected"),
+    [(4, 0x7F, "savepoint 60000"), (9, 0x00, "manifest checksum mismatch")],
+    ids=["version-byte", "body-byte"],
+)
+def test_verify_names_a_savepoint_whose_manifest_is_damaged(
+    tmp_path: Path, offset: int, value: int, expected: str
+) -> None:
+    url = store_url(tmp_path, "sqlite")
+    fill(url)
+    set_manifest_byte(url, "sensor-fleet", 60_000, offset, value)
+    result = run_cli("verify", "--url", url, "--json")
+    assert result.returncode == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["savepoints"] == 6
+    (entry,) = report["damage"]
+    assert (entry["run_id"], entry["timestamp"]) == ("sensor-fleet", 60_000)
+    assert expected in entry["error"]
 
 
 def test_verify_counts_savepoints_of_another_codec_without_decoding(tmp_path: Path) -> None:

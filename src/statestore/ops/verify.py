@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import CorruptSavepointError, NoSavepointError
+from ..errors import ConfigError, CorruptSavepointError, NoSavepointError
 from ..storage import SavepointInfo, Storage
 from ._common import Progress, require_run
 from ._stored import decode_states, decoder_for, read_stored
@@ -46,7 +46,9 @@ def verify(
 ) -> VerifyReport:
     """Check every checksum and decode every state of one run, or of every run.
 
-    Never stops at the first damage: each damaged savepoint is listed in the report.
+    Never stops at the first damage: each damaged savepoint is listed in the report, and
+    so is one this statestore cannot read at all (a newer format version): whatever
+    could not be verified is reported.
     Raises NoSavepointError when ``run_id`` names no run.
     """
     run_ids = [require_run(storage, run_id)] if run_id is not None else storage.list_runs()
@@ -70,7 +72,9 @@ def verify(
                 else:
                     decode_states(storage, stored)
                 checked += 1
-            except CorruptSavepointError as exc:
+            except (CorruptSavepointError, ConfigError) as exc:
+                # ConfigError: a format this statestore cannot read (a damaged version
+                # byte reads so too). Either way it is not verified: name it.
                 damage.append(Damage(rid, row.timestamp, str(exc)))
                 checked += 1
             except NoSavepointError:
