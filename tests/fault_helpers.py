@@ -22,6 +22,7 @@ import queue
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -302,6 +303,18 @@ def read_only_view(source: Path, target: Path) -> Iterator[bool]:
 def child_env() -> dict[str, str]:
     """The environment of a child: this one, without bytecode writes into the tree."""
     return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def run_python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (dedented) in a fresh interpreter with ``args`` as ``sys.argv[1:]``."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=ANSWER_TIMEOUT,
+        check=False,
+        env=child_env(),
+    )
 
 
 class Child:
