@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    out = Output(json_mode=getattr(args, "json", False))
+    out = Output()
     try:
         code: int = args.handler(args, out)
     except CliError as exc:

@@ -50,8 +50,7 @@ MAX_DEPTH = 6  # nesting levels shown
 class Output:
     """The one place that writes to stdout and stderr for a command."""
 
-    def __init__(self, json_mode: bool = False) -> None:
-        self.json_mode = json_mode
+    def __init__(self) -> None:
         probe = Console()
         self.out = Console(width=None if probe.is_terminal else PIPE_WIDTH, highlight=False)
         self.err = Console(stderr=True, highlight=False)
