@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -197,17 +198,37 @@ class PostgresStorage(Storage):
             with psycopg.connect(self._settings.conninfo, autocommit=True) as conn:
                 self._check_encoding(conn)
                 ensure_schema(conn, self._tables)
-            self._pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
-                self._settings.conninfo,
-                min_size=self._settings.pool_min_size,
-                max_size=self._settings.pool_max_size,
-                timeout=self._settings.pool_timeout,
-                kwargs={"autocommit": True},
-                configure=self._configure,
-                reconnect_timeout=RECONNECT_TIMEOUT,
-                name=f"statestore {self._settings.target} schema={self.schema}",
-                open=True,
-            )
+            self._pool = self._new_pool()
+        self._pid = os.getpid()
+        self._pool_lock = threading.Lock()
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[Connection]:
+        return psycopg_pool.ConnectionPool(
+            self._settings.conninfo,
+            min_size=self._settings.pool_min_size,
+            max_size=self._settings.pool_max_size,
+            timeout=self._settings.pool_timeout,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            reconnect_timeout=RECONNECT_TIMEOUT,
+            name=f"statestore {self._settings.target} schema={self.schema}",
+            open=True,
+        )
+
+    def _own_pool(self) -> psycopg_pool.ConnectionPool[Connection]:
+        """This process's pool: a forked child gets a new one, never the parent's sessions.
+
+        The inherited pool is dropped, not closed: closing would end the parent's
+        sessions on the server (psycopg does not end a connection created by another
+        process when the object is merely finalized).
+        """
+        if self._pid != os.getpid():
+            with self._pool_lock:
+                if self._pid != os.getpid():
+                    self._pool = self._new_pool()
+                    self._in_use = 0
+                    self._pid = os.getpid()
+        return self._pool
 
     @classmethod
     def from_url(cls, url: str, codec: Codec | None = None, **options: Any) -> PostgresStorage:
@@ -258,8 +279,9 @@ class PostgresStorage(Storage):
         once if the server is up, and fails with libpq's reason (refused, unknown host,
         bad password) instead of a bare timeout if not.
         """
+        pool = self._own_pool()
         try:
-            conn = self._pool.getconn()
+            conn = pool.getconn()
         except psycopg_pool.PoolTimeout:
             with self._in_use_lock:
                 if self._in_use >= self._settings.pool_max_size:
@@ -276,7 +298,7 @@ class PostgresStorage(Storage):
         finally:
             with self._in_use_lock:
                 self._in_use -= 1
-            self._pool.putconn(conn)
+            pool.putconn(conn)
 
     def _read(self, work: Callable[[Connection], T]) -> T:
         """Run read-only ``work`` (retried once on a new connection if the connection broke)."""
@@ -329,7 +351,7 @@ class PostgresStorage(Storage):
                 "connection to PostgreSQL at %s lost; retrying once on a new connection",
                 self._settings.target,
             )
-            self._pool.check()  # drop every other dead connection (e.g. after a restart)
+            self._own_pool().check()  # drop every other dead connection (after a restart)
         raise AssertionError("unreachable")
 
     def _describe_failure(self, exc: BaseException) -> str:
@@ -345,7 +367,8 @@ class PostgresStorage(Storage):
         )
 
     def _close(self) -> None:
-        self._pool.close()
+        if self._pid == os.getpid():  # a forked child never closes the parent's sessions
+            self._pool.close()
 
     # ---------------------------------------------------------------- primitives
 
