@@ -12,7 +12,7 @@ Layout of this package, one concern per module:
 
 from __future__ import annotations
 
-from ._base import Savepoint, SavepointInfo, Storage
+from ._base import EncodedSavepoint, Savepoint, SavepointInfo, Storage
 from ._functions import (
     delete_old_savepoints,
     delete_run,
@@ -28,6 +28,7 @@ from ._memory import MemoryStorage
 from ._registry import open_storage, redact_url
 
 __all__ = [
+    "EncodedSavepoint",
     "MemoryStorage",
     "Savepoint",
     "SavepointInfo",

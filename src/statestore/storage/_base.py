@@ -55,7 +55,7 @@ from ..errors import (
 from . import _layout, _validate
 from ._layout import RunIndex, SavepointRecord
 
-__all__ = ["MissingBlobsError", "Savepoint", "SavepointInfo", "Storage"]
+__all__ = ["EncodedSavepoint", "MissingBlobsError", "Savepoint", "SavepointInfo", "Storage"]
 
 #: Reads of a manifest and its packs, when a concurrent prune frees packs in between.
 READ_ATTEMPTS = 3
@@ -77,6 +77,14 @@ class Savepoint(NamedTuple):
 
     timestamp: int
     entities: list[tuple[str, Any]]
+
+
+class EncodedSavepoint(NamedTuple):
+    """A savepoint's states as stored bytes, with the name of the codec that decodes them."""
+
+    timestamp: int
+    codec: str
+    entities: list[tuple[str, bytes]]
 
 
 class SavepointInfo(NamedTuple):
@@ -246,6 +254,30 @@ class Storage(ABC):
         with self._boundary(run_id):
             return list(self._index(run_id))
 
+    def read_encoded_savepoint(self, run_id: str, timestamp: int | None = None) -> EncodedSavepoint:
+        """A savepoint's states as the codec wrote them, every checksum verified, none decoded.
+
+        For moving savepoints between stores byte for byte (``statestore copy``,
+        ``export``) whatever codec wrote them: ``codec`` names it, and
+        :meth:`save_encoded_savepoint` on the destination stores the same bytes.
+        ``timestamp=None`` reads the latest savepoint.
+        """
+        run_id = _validate.run_id(run_id)
+        if timestamp is not None:
+            timestamp = _validate.timestamp(timestamp)
+        manifest, packs = self._read_checked(run_id, timestamp)
+        index = _layout.extract_states(run_id, manifest, packs)
+        entities = [(entity_id, bytes(stored.raw)) for entity_id, stored in index.states.items()]
+        return EncodedSavepoint(manifest.timestamp, manifest.codec, entities)
+
+    def delete_savepoints(self, run_id: str, timestamps: Iterable[int]) -> None:
+        """Delete exactly these savepoints of the run; timestamps it does not have are ignored."""
+        run_id = _validate.run_id(run_id)
+        doomed = sorted({_validate.timestamp(ts) for ts in timestamps})
+        if doomed:
+            with self._boundary(run_id):
+                self._delete_savepoints(run_id, doomed)
+
     def list_runs(self) -> list[str]:
         """Every run id with storage, sorted."""
         with self._boundary():
@@ -307,7 +339,10 @@ class Storage(ABC):
 
     # ---------------------------------------------------------------- shared helpers
 
-    def _load(self, run_id: str, timestamp: int | None) -> Savepoint:
+    def _read_checked(
+        self, run_id: str, timestamp: int | None
+    ) -> tuple[_layout.Manifest, dict[str, bytes]]:
+        """A savepoint's checked manifest and its packs; NoSavepointError when there is none."""
         with self._boundary(run_id, timestamp):
             for _attempt in range(READ_ATTEMPTS):
                 found = self._read_manifest(run_id, timestamp)
@@ -321,12 +356,16 @@ class Storage(ABC):
                     break
                 # A prune or replace by another handle may have freed these packs between
                 # the two reads: read the (new) manifest again. Still missing after the
-                # last attempt, decode_states reports the savepoint corrupt.
+                # last attempt, the layout reports the savepoint corrupt.
+        return manifest, packs
+
+    def _load(self, run_id: str, timestamp: int | None) -> Savepoint:
+        manifest, packs = self._read_checked(run_id, timestamp)
         codec = _layout.codec_for(manifest, self.codec, run_id)
         entities, index = _layout.decode_states(run_id, manifest, packs, codec)
         if timestamp is None:  # a resumed run saves next: base that save on what it loaded
             self._remember_index(run_id, index)
-        return Savepoint(found_ts, entities)
+        return Savepoint(manifest.timestamp, entities)
 
     @contextlib.contextmanager
     def _boundary(self, run_id: str | None = None, timestamp: int | None = None) -> Iterator[None]:

@@ -311,13 +311,12 @@ def codec_for(manifest: Manifest, configured: Codec, run_id: str) -> Codec:
     )
 
 
-def decode_states(
-    run_id: str, manifest: Manifest, packs: Mapping[str, bytes], codec: Codec
-) -> tuple[list[tuple[str, object]], RunIndex]:
-    """Verify and decode every state of the manifest, in save order.
+def extract_states(run_id: str, manifest: Manifest, packs: Mapping[str, bytes]) -> RunIndex:
+    """Verify every state of the manifest and return them as stored, not decoded.
 
-    Also returns the run index of this savepoint (views into ``packs``, no copies), so
-    the next save of the run can be incremental.
+    Each state's ``raw`` bytes are what the codec wrote (views into ``packs``, copied
+    only when decompressed); the index is also the base of the run's next incremental
+    save. Any failed check is a :class:`CorruptSavepointError`.
     """
     timestamp = manifest.timestamp
     views: list[memoryview] = []
@@ -329,7 +328,6 @@ def decode_states(
             raise _corrupt(run_id, timestamp, f"pack {name} has a bad header or size")
         views.append(memoryview(pack))
     decompressor: zstandard.ZstdDecompressor | None = None
-    entities: list[tuple[str, object]] = []
     states: dict[str, StoredState] = {}
     for i, entity_id in enumerate(manifest.ids):
         try:
@@ -351,13 +349,40 @@ def decode_states(
                 raw = decompressor.decompress(data, max_output_size=raw_length)
             if len(raw) != raw_length:
                 raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: bad length")
-            entities.append((entity_id, codec.decode(raw)))
+            if entity_id in states:
+                raise _corrupt(run_id, timestamp, f"entity {entity_id!r} appears twice")
+            stored = StoredState(
+                raw, manifest.packs[pack_index], start, length, manifest.flags[i], crc
+            )
         except CorruptSavepointError:
             raise
-        except Exception as exc:  # a decoder may raise anything on hostile bytes
-            why = f"entity {entity_id!r} does not decode ({type(exc).__name__}: {exc})"
+        except Exception as exc:  # hostile manifests: bad index, bad zstd frame, wrong types
+            why = f"entity {entity_id!r} cannot be read ({type(exc).__name__}: {exc})"
             raise _corrupt(run_id, timestamp, why) from None
-        pack_name = manifest.packs[pack_index]
-        states[entity_id] = StoredState(raw, pack_name, start, length, manifest.flags[i], crc)
+        states[entity_id] = stored
     sizes = dict(zip(manifest.packs, manifest.pack_sizes, strict=True))
-    return entities, RunIndex(timestamp, states, sizes)
+    return RunIndex(timestamp, states, sizes)
+
+
+def decode_state(
+    run_id: str, timestamp: int, entity_id: str, codec: Codec, raw: bytes | memoryview
+) -> object:
+    """Decode one verified state; a codec failure is a :class:`CorruptSavepointError`."""
+    try:
+        return codec.decode(raw)
+    except Exception as exc:  # a decoder may raise anything on hostile bytes
+        why = f"entity {entity_id!r} does not decode ({type(exc).__name__}: {exc})"
+        raise _corrupt(run_id, timestamp, why) from None
+
+
+def decode_states(
+    run_id: str, manifest: Manifest, packs: Mapping[str, bytes], codec: Codec
+) -> tuple[list[tuple[str, object]], RunIndex]:
+    """Verify and decode every state of the manifest, in save order, with its run index."""
+    index = extract_states(run_id, manifest, packs)
+    ts = manifest.timestamp
+    entities = [
+        (entity_id, decode_state(run_id, ts, entity_id, codec, stored.raw))
+        for entity_id, stored in index.states.items()
+    ]
+    return entities, index
