@@ -351,6 +351,15 @@ class Child:
             raise AssertionError(f"{self.args}: the child exited:\n{self.stderr()}")
         return line
 
+    def rest(self) -> list[str]:
+        """Every line not read yet, up to the end of the output (waits for the exit)."""
+        self.process.wait(timeout=ANSWER_TIMEOUT)
+        lines: list[str] = []
+        while (line := self._lines.get(timeout=ANSWER_TIMEOUT)) is not None:
+            lines.append(line)
+        self._lines.put(None)
+        return lines
+
     def ready(self) -> Child:
         """Wait for the child's ``READY`` line; returns the child."""
         first = self.line()
@@ -411,8 +420,8 @@ def engine_driver(url: str, run_id: str, writer: str) -> None:
     the module functions (``save_run_state``, no writer token). Errors of statestore
     are answered as ``ERR ...``; anything else ends the child with a traceback.
     """
+    from statestore import StateStore
     from statestore import storage as functions
-    from statestore.engine import StateStore
 
     storage = open_storage(url)
     store = StateStore(run_id, SCHEDULE, storage=storage, keep_savepoints=3)

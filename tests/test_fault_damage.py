@@ -28,8 +28,15 @@ from fault_helpers import (
     store_url,
 )
 
-from statestore import ConfigError, CorruptSavepointError, Savepoint, Storage, open_storage
-from statestore.engine import Entity, StateStore
+from statestore import (
+    ConfigError,
+    CorruptSavepointError,
+    Entity,
+    Savepoint,
+    StateStore,
+    Storage,
+    open_storage,
+)
 
 RUN = "damaged-run"
 #: Offset of the format version byte in a manifest and in a file backend savepoint file.

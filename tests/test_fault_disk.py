@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 from fault_helpers import ENTITIES, SCHEDULE, engine_savepoint, engine_state, run_python, tmpfs
 
-from statestore import BackendError, open_storage
-from statestore.engine import StateStore
+from statestore import BackendError, StateStore, open_storage
 from statestore.testing._worker import payload, wholeness_problem
 
 RUN = "full-run"

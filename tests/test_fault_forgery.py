@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 from fault_helpers import ENTITIES, SCHEDULE, backend_params, store_url
 
-from statestore import ConfigError, CorruptSavepointError, Storage, open_storage
+from statestore import ConfigError, CorruptSavepointError, StateStore, Storage, open_storage
 from statestore.codecs import PickleCodec
-from statestore.engine import StateStore
 
 RUN = "signed-run"
 KEY = b"the key the job was configured with"

@@ -29,8 +29,7 @@ import pytest
 from conftest import with_query
 from fault_helpers import ENTITIES, SCHEDULE, child_env, read_only_view, snapshot
 
-from statestore import BackendError, Storage, open_storage
-from statestore.engine import StateStore
+from statestore import BackendError, StateStore, Storage, open_storage
 from statestore.testing._worker import payload
 
 RUN = "read-only-run"
