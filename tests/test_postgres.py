@@ -196,6 +196,22 @@ def _killer(admin_url: str, application_name: str) -> Iterator[list[int]]:
         hunter.join(timeout=30)
 
 
+def _wait_for_stall(admin_url: str, application_name: str) -> int:
+    """The pid of the backend of ``application_name`` sleeping in a stall trigger."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                "AND wait_event = 'PgSleep'",
+                [application_name],
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            time.sleep(0.01)
+    raise AssertionError("no write reached the stall")
+
+
 def _spawn(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -616,6 +632,21 @@ def test_a_forked_child_leaves_the_parents_sessions_alone(
     assert "retrying once" not in caplog.text  # the parent never lost a connection
 
 
+def test_an_exhausted_pool_says_so(postgres_url: str, postgres_store_url: str) -> None:
+    url, app = _app_url(with_query(postgres_store_url, pool_max_size="1", pool_timeout="0.3"))
+    with _open(url) as storage:
+        storage.init_storage("run")
+        _stall(storage, "blobs", deferred=False, once=True)
+        saver = threading.Thread(target=storage.save_savepoint, args=("run", 1, [("a", 1)]))
+        saver.start()  # holds the only connection, asleep in the server
+        _wait_for_stall(postgres_url, app)
+        with pytest.raises(BackendError, match="all 1 are in use"):
+            storage.list_runs()
+        with _killer(postgres_url, app):  # cut the sleeping save: it is retried, and done
+            saver.join(timeout=60)
+        assert storage.get_latest_savepoint("run") == (1, [("a", 1)])
+
+
 def test_the_server_restarted_under_an_open_storage(private_postgres: PostgresServer) -> None:
     url = with_query(private_postgres.url(), schema="restart", pool_min_size="3")
     with _open(url) as storage:
@@ -682,19 +713,7 @@ def test_a_backend_killed_mid_save_crashes_nothing(private_postgres: PostgresSer
 
         saver = threading.Thread(target=save)
         saver.start()
-        with psycopg.connect(private_postgres.url(), autocommit=True) as conn:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                row = conn.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
-                    "AND wait_event = 'PgSleep'",
-                    [app],
-                ).fetchone()
-                if row:
-                    break
-                time.sleep(0.01)
-            assert row is not None, f"the save never reached the stall: {outcome}"
-        os.kill(row[0], signal.SIGKILL)
+        os.kill(_wait_for_stall(private_postgres.url(), app), signal.SIGKILL)
         saver.join(timeout=60)
         assert len(outcome) == 1, "the save did not return"
         assert isinstance(outcome[0], BackendError), repr(outcome[0])

@@ -355,10 +355,11 @@ class PostgresStorage(Storage):
         raise AssertionError("unreachable")
 
     def _describe_failure(self, exc: BaseException) -> str:
-        if isinstance(exc, psycopg_pool.PoolTimeout):
+        if isinstance(exc, psycopg_pool.PoolTimeout):  # see _connection: only when all busy
             why = (
-                f"no connection within {self._settings.pool_timeout:g} s (server down or "
-                f"unreachable, or all {self._settings.pool_max_size} pooled connections busy)"
+                f"no pooled connection came free within {self._settings.pool_timeout:g} s: "
+                f"all {self._settings.pool_max_size} are in use (raise pool_max_size or "
+                "pool_timeout)"
             )
         else:
             why = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
