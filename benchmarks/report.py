@@ -1,0 +1,355 @@
+"""The results: tables as markdown, the issue's targets as PASS/MISS lines, and JSON.
+
+Every ratio is taken between subjects measured in the same rounds (see
+:mod:`benchmarks.timing`): "x floor" is a subject's time divided by the floor's, "x
+fastest peer" its time divided by that of the fastest peer on the same metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .subjects import STATESTORE_BACKENDS
+from .timing import Series
+from .workloads import EngineResult, ScalingPoint, Timed
+
+__all__ = ["Results", "Target", "markdown", "targets", "to_json"]
+
+PEERS = ("langgraph-sqlite", "langgraph-postgresql", "pickle-sqlite")
+FLOOR = "floor"
+
+
+@dataclass
+class Results:
+    """Everything one run of the benchmark measured, and what it could not measure."""
+
+    meta: dict[str, Any]
+    subjects: dict[str, dict[str, Any]]  # name -> group, about, durable
+    unavailable: dict[str, str] = field(default_factory=dict)  # name -> why
+    w1: Timed | None = None
+    w2: list[ScalingPoint] | None = None
+    w3: Timed | None = None
+    w4: Timed | None = None
+    engine: EngineResult | None = None
+    errors: dict[str, str] = field(default_factory=dict)  # workload -> what went wrong
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the issue's targets, checked on one subject: ``passed`` is None when skipped."""
+
+    workload: str
+    subject: str
+    what: str
+    value: float | None
+    limit: str
+    passed: bool | None
+
+    def line(self) -> str:
+        verdict = {True: "PASS", False: "MISS", None: "SKIP"}[self.passed]
+        shown = "not measured" if self.value is None else f"{self.value:.2f}"
+        return f"{verdict}  {self.workload} {self.subject}: {self.what} = {shown} ({self.limit})"
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:,.2f}"
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1e6:,.1f}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _to(series: Series, name: str, reference: str | None) -> float | None:
+    """``name``'s per-round ratio to ``reference``; None when either was not measured."""
+    if reference is None or not series.times.get(name) or not series.times.get(reference):
+        return None
+    return series.ratio(name, reference)
+
+
+def _fastest_peer(series: Series) -> str | None:
+    return series.fastest(PEERS)
+
+
+def _measured(series: Series) -> list[str]:
+    return [name for name, times in series.times.items() if times]
+
+
+def _w1_table(w1: Timed) -> str:
+    save, load = w1.series["save"], w1.series["load"]
+    peer_save, peer_load = _fastest_peer(save), _fastest_peer(load)
+    rows = [
+        [
+            name,
+            _ms(save.median(name)),
+            _x(_to(save, name, FLOOR)),
+            _x(_to(save, name, peer_save)),
+            _ms(load.median(name)),
+            _x(_to(load, name, FLOOR)),
+            _x(_to(load, name, peer_load)),
+        ]
+        for name in _measured(save)
+    ]
+    head = ["subject", "save ms", "x floor", "x fastest peer", "load ms", "x floor"]
+    return _table([*head, "x fastest peer"], rows) + (
+        f"\n\nFastest peer: save {peer_save}, load {peer_load}. Medians of "
+        f"{w1.params['savepoints']} savepoints and {w1.params['loads']} loads; "
+        f"{w1.params['entities']:,} entities, {_mb(w1.params['bytes'])} MB as one "
+        "MessagePack document."
+    )
+
+
+def _w2_table(points: list[ScalingPoint]) -> str:
+    rows: list[list[str]] = []
+    for point in points:
+        for name in _measured(point.save):
+            memory = point.memory.get(name)
+            rows.append(
+                [
+                    name,
+                    f"{point.count:,}",
+                    _ms(point.save.median(name)),
+                    _x(_to(point.save, name, FLOOR)),
+                    _ms(point.load.median(name)),
+                    _x(_to(point.load, name, FLOOR)),
+                    "-" if memory is None else _mb(memory.peak),
+                    "-" if memory is None else _mb(memory.result),
+                    "-" if memory is None else f"{memory.ratio:.2f}",
+                ]
+            )
+    header = ["subject", "entities", "save ms", "x floor", "load ms", "x floor"]
+    header += ["load peak MB", "loaded MB", "peak / loaded"]
+    return _table(header, rows) + (
+        "\n\nMemory: Python-heap bytes (tracemalloc) above what was allocated when the load "
+        'began; "loaded" is the size of the returned states (what deleting them gives back); '
+        "traced up to the count shown. Encoded sizes: "
+        + ", ".join(f"{p.count:,} entities {_mb(p.encoded_bytes)} MB" for p in points)
+        + "."
+    )
+
+
+def _w3_table(w3: Timed) -> str:
+    full, sparse, load = w3.series["full"], w3.series["sparse"], w3.series["load"]
+    rows = [
+        [
+            name,
+            _ms(full.median(name)),
+            _ms(sparse.median(name)),
+            f"{sparse.median(name) / full.median(name):.3f}",
+            _x(_to(sparse, name, FLOOR)),
+            _x(_to(sparse, "langgraph-sqlite", name)),
+            _ms(load.median(name)),
+        ]
+        for name in _measured(sparse)
+    ]
+    header = ["subject", "full save ms", "sparse save ms", "sparse / full", "x floor"]
+    header += ["LangGraph SQLite / this", "load ms"]
+    return _table(header, rows) + (
+        f"\n\n{w3.params['entities']:,} entities; {w3.params['fraction']:.0%} of them change "
+        f"between sparse savepoints (medians of {w3.params['full']} full and "
+        f"{w3.params['sparse']} sparse savepoints). The floor rewrites everything each time."
+    )
+
+
+def _w4_table(w4: Timed) -> str:
+    save = w4.series["save"]
+    peer = _fastest_peer(save)
+    total = w4.params["runs"] * w4.params["savepoints"]
+    rows = [
+        [
+            name,
+            _s(save.median(name)),
+            f"{total / save.median(name):,.0f}",
+            _x(_to(save, name, FLOOR)),
+            _x(_to(save, name, peer)),
+        ]
+        for name in _measured(save)
+    ]
+    header = ["subject", "wall s", "savepoints / s", "x floor", "x fastest peer"]
+    return _table(header, rows) + (
+        f"\n\n{w4.params['runs']} runs x {w4.params['savepoints']} savepoints of "
+        f"{w4.params['entities']} entities from {w4.params['processes']} processes into one "
+        f"store per subject; fastest peer: {peer}."
+    )
+
+
+def _engine_table(engine: EngineResult) -> str:
+    rows = [
+        [
+            backend,
+            _ms(series.median("raw")),
+            _ms(series.median("engine")),
+            _x(series.ratio("engine", "raw")),
+        ]
+        for backend, series in engine.by_backend.items()
+    ]
+    return _table(["backend", "raw save + prune ms", "engine ms", "engine / raw"], rows) + (
+        f"\n\n{engine.params['entities']:,} entities each updating and acknowledging "
+        f"{engine.params['savepoints']} savepoints (keep {engine.params['keep']}), against "
+        "save_savepoint plus delete_old_savepoints of the same states."
+    )
+
+
+def markdown(results: Results) -> str:
+    """The report as markdown: one section per workload, the targets, the subjects."""
+    parts: list[str] = []
+    sections: list[tuple[str, Any, Callable[[Any], str]]] = [
+        ("W1 full savepoints", results.w1, _w1_table),
+        ("W2 large", results.w2, _w2_table),
+        ("W3 sparse change", results.w3, _w3_table),
+        ("W4 many runs", results.w4, _w4_table),
+        ("Engine overhead", results.engine, _engine_table),
+    ]
+    for title, data, render in sections:
+        if data:
+            parts.append(f"### {title}\n\n{render(data)}")
+    parts.append("### Targets\n\n```\n" + "\n".join(t.line() for t in targets(results)) + "\n```")
+    about = [[name, info["about"]] for name, info in results.subjects.items()]
+    about += [[name, f"not run: {why}"] for name, why in results.unavailable.items()]
+    parts.append("### Subjects\n\n" + _table(["subject", "what it does"], about))
+    if results.errors:
+        failed = "\n".join(
+            f"- {name}: {why.splitlines()[-1]}" for name, why in results.errors.items()
+        )
+        parts.append(f"### Errors\n\n{failed}")
+    return "\n\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------ targets
+
+
+def _backends(results: Results) -> list[str]:
+    return [name for name in STATESTORE_BACKENDS if name not in results.unavailable]
+
+
+def _check(
+    workload: str,
+    subject: str,
+    what: str,
+    value: float | None,
+    limit: float,
+    *,
+    at_most: bool = True,
+) -> Target:
+    if value is None:
+        return Target(workload, subject, what, None, "", None)
+    passed = value <= limit if at_most else value >= limit
+    bound = f"target {'<=' if at_most else '>='} {limit}"
+    return Target(workload, subject, what, value, bound, passed)
+
+
+def targets(results: Results) -> list[Target]:
+    """The issue's targets on each statestore backend (sqlite, file, PostgreSQL)."""
+    found: list[Target] = []
+    for backend in _backends(results):
+        found += _w1_targets(results.w1, backend)
+        found += _w3_targets(results.w3, backend)
+        found += _w2_targets(results.w2, backend)
+        ratio = None
+        if results.engine is not None and backend in results.engine.by_backend:
+            ratio = results.engine.by_backend[backend].ratio("engine", "raw")
+        found.append(_check("Engine", backend, "engine / raw save", ratio, 1.2))
+    return found
+
+
+def _w1_targets(w1: Timed | None, backend: str) -> list[Target]:
+    found: list[Target] = []
+    for metric in ("save", "load"):
+        series = w1.series[metric] if w1 else Series()
+        found.append(_check("W1", backend, f"{metric} x floor", _to(series, backend, FLOOR), 1.3))
+        peer = _fastest_peer(series)
+        what = f"{metric} x fastest peer ({peer})"
+        found.append(_check("W1", backend, what, _to(series, backend, peer), 1.0))
+    return found
+
+
+def _w3_targets(w3: Timed | None, backend: str) -> list[Target]:
+    share = speedup = None
+    if w3 is not None and w3.series["sparse"].times.get(backend):
+        sparse = w3.series["sparse"]
+        share = sparse.median(backend) / w3.series["full"].median(backend)
+        speedup = _to(sparse, "langgraph-sqlite", backend)
+    return [
+        _check("W3", backend, "sparse save / full save", share, 0.05),
+        _check("W3", backend, "LangGraph SQLite sparse save / this", speedup, 10, at_most=False),
+    ]
+
+
+def _w2_targets(points: list[ScalingPoint] | None, backend: str) -> list[Target]:
+    measured = [p for p in points or [] if p.save.times.get(backend)]
+    found: list[Target] = []
+    for metric in ("save", "load"):
+        what, growth = f"{metric} time per entity, largest count / next", None
+        if len(measured) >= 2:
+            small, large = measured[-2], measured[-1]
+            what = f"{metric} time per entity, {large.count:,} / {small.count:,} entities"
+            per_entity = [getattr(p, metric).median(backend) / p.count for p in (small, large)]
+            growth = per_entity[1] / per_entity[0]
+        found.append(_check("W2", backend, what, growth, 1.5))
+    traced = [p for p in measured if backend in p.memory]
+    what, memory = "load peak memory / loaded states", None
+    if traced:
+        what += f" at {traced[-1].count:,} entities"
+        memory = traced[-1].memory[backend].ratio
+    found.append(_check("W2", backend, what, memory, 3.0))
+    return found
+
+
+# ------------------------------------------------------------------ JSON
+
+
+def _series_json(series: dict[str, Series]) -> dict[str, Any]:
+    return {metric: s.as_json() for metric, s in series.items()}
+
+
+def to_json(results: Results) -> dict[str, Any]:
+    """Every raw time (seconds, per round), the parameters, and the target verdicts."""
+    data: dict[str, Any] = {
+        "meta": results.meta,
+        "subjects": results.subjects,
+        "unavailable": results.unavailable,
+        "errors": results.errors,
+    }
+    for name in ("w1", "w3", "w4"):
+        timed: Timed | None = getattr(results, name)
+        if timed is not None:
+            data[name] = {"params": timed.params, "seconds": _series_json(timed.series)}
+    if results.w2 is not None:
+        data["w2"] = [
+            {
+                "entities": p.count,
+                "encoded_bytes": p.encoded_bytes,
+                "seconds": _series_json({"save": p.save, "load": p.load}),
+                "memory": {n: {"peak": m.peak, "loaded": m.result} for n, m in p.memory.items()},
+            }
+            for p in results.w2
+        ]
+    if results.engine is not None:
+        data["engine"] = {
+            "params": results.engine.params,
+            "seconds": _series_json(results.engine.by_backend),
+        }
+    data["targets"] = [
+        {"workload": t.workload, "subject": t.subject, "what": t.what, "value": t.value,
+         "limit": t.limit, "passed": t.passed}
+        for t in targets(results)
+    ]  # fmt: skip
+    return data

@@ -1,0 +1,234 @@
+"""The things measured: statestore on each backend, its peers, and the floor.
+
+Every subject offers the same four operations on named runs (``init_run``, ``save``,
+``load``, ``close``) and is built from a :class:`Place` (a private directory, and a
+PostgreSQL URL when a server is available) by name, so a worker process can build the
+same subject from the same place. The peers live in :mod:`benchmarks.peers`, the floor
+in :mod:`benchmarks.floor`.
+
+Durability is the same everywhere: every save returns only once its data is on disk
+(fsync, ``synchronous=FULL``, or a PostgreSQL commit with ``fsync=on`` and
+``synchronous_commit=on``); the in-memory backend is the one exception and says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import urllib.parse
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .data import Entities
+
+__all__ = [
+    "STATESTORE_BACKENDS",
+    "SUBJECTS",
+    "Place",
+    "StatestoreSubject",
+    "Subject",
+    "SubjectUnavailableError",
+    "available_subjects",
+    "make_subject",
+    "subject_class",
+]
+
+
+class SubjectUnavailableError(Exception):
+    """A subject cannot run here (a peer's package missing, no PostgreSQL); says why."""
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where one subject keeps its data: a private directory, and maybe a PostgreSQL server.
+
+    ``tag`` is unique per subject and workload; PostgreSQL subjects use it to name a
+    schema of their own, so subjects never see each other's tables.
+    """
+
+    directory: Path
+    tag: str
+    postgres_url: str | None = None
+
+    def postgres(self, subject: str) -> str:
+        if self.postgres_url is None:
+            raise SubjectUnavailableError(f"{subject} needs PostgreSQL (none available)")
+        return self.postgres_url
+
+    @property
+    def schema(self) -> str:
+        return f"bench_{self.tag}".lower()
+
+
+class Subject(ABC):
+    """One way of storing savepoints, measured side by side with the others.
+
+    ``group`` is ``"statestore"``, ``"peer"`` or ``"floor"``; ``about`` says in one line
+    what the subject does, for the report.
+    """
+
+    name: ClassVar[str]
+    group: ClassVar[str]
+    about: ClassVar[str]
+    durable: ClassVar[bool] = True
+
+    @abstractmethod
+    def __init__(self, place: Place) -> None:
+        """Open the subject's store in ``place`` (untimed)."""
+
+    @abstractmethod
+    def init_run(self, run_id: str) -> None:
+        """Prepare storage for a run (untimed)."""
+
+    @abstractmethod
+    def save(
+        self, run_id: str, timestamp: int, entities: Entities, changed: Collection[str] | None
+    ) -> None:
+        """Persist one savepoint durably.
+
+        ``changed`` names the entities whose state changed since the run's previous save
+        (None: all of them). Only LangGraph's savers use it: their caller, the graph
+        runtime, knows which channels were written. statestore finds out by itself.
+        """
+
+    @abstractmethod
+    def load(self, run_id: str) -> Sequence[Any]:
+        """The latest savepoint's entities (in whatever shape the subject returns them)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files and connections."""
+
+
+class StatestoreSubject(Subject):
+    """statestore's public storage API: ``save_savepoint`` and ``get_latest_savepoint``."""
+
+    group = "statestore"
+    backend: ClassVar[str]
+
+    def __init__(self, place: Place) -> None:
+        import statestore
+
+        self.storage = statestore.open_storage(self.url(place), **self.options(place))
+
+    def url(self, place: Place) -> str:
+        raise NotImplementedError
+
+    def options(self, place: Place) -> dict[str, Any]:
+        return {}
+
+    def init_run(self, run_id: str) -> None:
+        self.storage.init_storage(run_id)
+
+    def save(
+        self, run_id: str, timestamp: int, entities: Entities, changed: Collection[str] | None
+    ) -> None:
+        self.storage.save_savepoint(run_id, timestamp, entities)
+
+    def load(self, run_id: str) -> Sequence[Any]:
+        return self.storage.get_latest_savepoint(run_id).entities
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+class StatestoreSQLite(StatestoreSubject):
+    name = "statestore-sqlite"
+    backend = "sqlite"
+    about = "statestore, sqlite:// (WAL, synchronous=FULL, one transaction per savepoint)"
+
+    def url(self, place: Place) -> str:
+        return f"sqlite:///{place.directory / 'statestore.db'}"
+
+
+class StatestoreFile(StatestoreSubject):
+    name = "statestore-file"
+    backend = "file"
+    about = "statestore, file:// (fsynced files, atomic renames, directory fsync)"
+
+    def url(self, place: Place) -> str:
+        return f"file://{urllib.parse.quote(str(place.directory / 'statestore-files'))}"
+
+
+class StatestorePostgres(StatestoreSubject):
+    name = "statestore-postgresql"
+    backend = "postgresql"
+    about = "statestore, postgresql:// (one transaction per savepoint)"
+
+    def url(self, place: Place) -> str:
+        return place.postgres(self.name)
+
+    def options(self, place: Place) -> dict[str, Any]:
+        return {"schema": place.schema}
+
+
+class StatestoreMemory(StatestoreSubject):
+    name = "statestore-memory"
+    backend = "memory"
+    about = "statestore, memory:// (in-process, NOT durable: the cost of the library alone)"
+    durable = False
+
+    def url(self, place: Place) -> str:
+        return "memory://"
+
+
+#: Every subject by name (``module:class``, imported when used: a peer's package may be
+#: missing), in the order the report lists them.
+SUBJECTS: dict[str, str] = {
+    "statestore-sqlite": "benchmarks.subjects:StatestoreSQLite",
+    "statestore-file": "benchmarks.subjects:StatestoreFile",
+    "statestore-postgresql": "benchmarks.subjects:StatestorePostgres",
+    "statestore-memory": "benchmarks.subjects:StatestoreMemory",
+    "langgraph-sqlite": "benchmarks.peers:LangGraphSQLite",
+    "langgraph-postgresql": "benchmarks.peers:LangGraphPostgres",
+    "pickle-sqlite": "benchmarks.peers:PickleSQLite",
+    "floor": "benchmarks.floor:Floor",
+}
+
+#: statestore's backends that the targets apply to.
+STATESTORE_BACKENDS = ("statestore-sqlite", "statestore-file", "statestore-postgresql")
+
+#: What each subject needs beyond statestore itself: (module to import, how to get it).
+_NEEDS: dict[str, tuple[str, str]] = {
+    "statestore-postgresql": ("psycopg", "pip install 'statestore[postgres]'"),
+    "langgraph-sqlite": ("langgraph.checkpoint.sqlite", "pip install 'statestore[bench]'"),
+    "langgraph-postgresql": ("langgraph.checkpoint.postgres", "pip install 'statestore[bench]'"),
+}
+_POSTGRES_SUBJECTS = {"statestore-postgresql", "langgraph-postgresql"}
+
+
+def available_subjects(names: Sequence[str], postgres: bool) -> tuple[list[str], dict[str, str]]:
+    """The subjects of ``names`` that can run here, and why each other one cannot."""
+    ready: list[str] = []
+    missing: dict[str, str] = {}
+    order = list(SUBJECTS)
+    for name in sorted(set(names), key=lambda n: order.index(n) if n in order else -1):
+        if name not in SUBJECTS:
+            raise SubjectUnavailableError(f"unknown subject {name!r}; known: {', '.join(SUBJECTS)}")
+        if name in _POSTGRES_SUBJECTS and not postgres:
+            missing[name] = "no PostgreSQL server (pass --postgres-url or install initdb/pg_ctl)"
+            continue
+        need = _NEEDS.get(name)
+        if need is not None:
+            try:
+                importlib.import_module(need[0])
+            except ImportError:
+                missing[name] = f"{need[0]} is not installed ({need[1]})"
+                continue
+        ready.append(name)
+    return ready, missing
+
+
+def subject_class(name: str) -> type[Subject]:
+    """The class of the subject called ``name``."""
+    module, cls = SUBJECTS[name].split(":")
+    found: type[Subject] = getattr(importlib.import_module(module), cls)
+    return found
+
+
+def make_subject(name: str, place: Place) -> Subject:
+    """Build the subject called ``name`` in ``place`` (also in a worker process)."""
+    place.directory.mkdir(parents=True, exist_ok=True)
+    return subject_class(name)(place)
