@@ -7,7 +7,7 @@ Layout of this package, one concern per module:
 * ``_validate.py``: argument checks
 * ``_registry.py``: URL scheme to backend, :func:`open_storage`
 * ``_functions.py``: the process-wide configured storage and the seed's functions
-* ``_memory.py``, ``_sqlite.py``, ``_files.py``, ``_postgres.py``: one backend each
+* ``_memory.py``, ``_sqlite.py``, ``_files.py``, ``_postgres/``: one backend each
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ class _Run:
 class _Store:
     lock: threading.Lock = field(default_factory=threading.Lock)
     runs: dict[str, _Run] = field(default_factory=dict)
+    # One counter for the store, so a token is never handed out twice, even to a run
+    # deleted and created again: a writer fenced before stays fenced.
+    last_token: int = 0
 
 
 _named_stores: dict[str, _Store] = {}
@@ -90,7 +93,8 @@ class MemoryStorage(Storage):
             run = self._store.runs.get(run_id)
             if run is None:
                 raise self._not_initialized(run_id)
-            run.token += 1
+            self._store.last_token += 1
+            run.token = self._store.last_token
             return run.token
 
     def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None:
