@@ -291,8 +291,12 @@ def test_a_damaged_savepoint_file_is_detected(
         with pytest.raises(CorruptSavepointError, match=message):
             storage.get_latest_savepoint("run")
         with pytest.raises(CorruptSavepointError, match=message):
-            storage.list_savepoints("run")
+            storage.get_savepoint("run", 20)
+        # Still listed, so that it can be verified, skipped by a resuming run, pruned.
+        assert [row.timestamp for row in storage.list_savepoints("run")] == [10, 20]
         assert storage.get_savepoint("run", 10) == (10, [("a", 1)])
+        storage.delete_old_savepoints("run", 0)
+        assert storage.list_savepoints("run") == []
 
 
 def test_a_savepoint_file_under_another_timestamp_is_detected(tmp_path: Path) -> None:

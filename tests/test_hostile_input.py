@@ -94,7 +94,7 @@ def test_a_decompression_bomb_is_refused_by_its_declared_size() -> None:
             "crc": [zlib.crc32(bomb)],
         }
     )
-    header = layout._MANIFEST_HEADER.pack(layout.MANIFEST_MAGIC, 1, zlib.crc32(body))
+    header = layout._MANIFEST_HEADER.pack(layout.MANIFEST_MAGIC, 1, layout._manifest_crc(1, body))
     manifest = layout.decode_manifest("run", 1, header + body)
     with pytest.raises(CorruptSavepointError, match=r"does not decode|bad length"):
         layout.decode_states("run", manifest, {"p": pack}, SafeCodec())

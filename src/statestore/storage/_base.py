@@ -21,7 +21,9 @@ Primitives a backend implements (``run_id`` is always already validated):
                                  of ``record.refs`` not in ``record.blobs`` is not stored
 ``_read_manifest(run_id, ts)``   ``(timestamp, manifest)`` at ``ts`` (latest when None)
 ``_read_blobs(run_id, names)``   the named blobs that exist
-``_index(run_id)``               ``SavepointInfo`` rows, ascending
+``_index(run_id)``               ``SavepointInfo`` rows, ascending; a savepoint whose
+                                 stored metadata is damaged is still listed (entity
+                                 count 0), so it can be verified, skipped and pruned
 ``_delete_savepoints(run_id, timestamps)``  drop those manifests and every blob no
                                  remaining savepoint refers to
 ===============================  =======================================================

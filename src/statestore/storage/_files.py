@@ -113,7 +113,13 @@ def encode_savepoint_file(timestamp: int, content: SavepointFile) -> bytes:
         },
         use_bin_type=True,
     )
-    return _FRAME.pack(_FRAME_MAGIC, _FRAME_VERSION, len(body), zlib.crc32(body)) + body
+    crc = _frame_crc(_FRAME_VERSION, body)
+    return _FRAME.pack(_FRAME_MAGIC, _FRAME_VERSION, len(body), crc) + body
+
+
+def _frame_crc(version: int, body: bytes | memoryview) -> int:
+    """Covers the version byte too, so damage there reads as corruption, not a newer format."""
+    return zlib.crc32(body, zlib.crc32(bytes([version])))
 
 
 def decode_savepoint_file(run_id: str, timestamp: int, data: bytes) -> SavepointFile:
@@ -129,16 +135,16 @@ def decode_savepoint_file(run_id: str, timestamp: int, data: bytes) -> Savepoint
     magic, version, length, crc = _FRAME.unpack_from(data)
     if magic != _FRAME_MAGIC:
         raise corrupt("has a bad header")
+    body = memoryview(data)[_FRAME.size :]
+    if len(body) != length:
+        raise corrupt(f"is torn ({len(body)} of {length} bytes)")
+    if _frame_crc(version, body) != crc:
+        raise corrupt("fails its checksum")
     if version > _FRAME_VERSION:
         raise ConfigError(
             f"run {run_id!r}: savepoint {timestamp} uses file format {version}; this "
             f"statestore reads up to {_FRAME_VERSION}: upgrade statestore"
         )
-    body = memoryview(data)[_FRAME.size :]
-    if len(body) != length:
-        raise corrupt(f"is torn ({len(body)} of {length} bytes)")
-    if zlib.crc32(body) != crc:
-        raise corrupt("fails its checksum")
     try:
         fields: dict[str, Any] = msgpack.unpackb(body, raw=False)
         refs = tuple(fields["refs"])
@@ -436,8 +442,15 @@ class FileStorage(Storage):
             rows: list[SavepointInfo] = []
             for timestamp in self._timestamps(savepoints_dir):
                 data = _read(os.path.join(savepoints_dir, savepoint_file_name(timestamp)))
-                if data is not None:
+                if data is None:
+                    continue
+                try:
                     found = decode_savepoint_file(run_id, timestamp, data)
+                except CorruptSavepointError:
+                    # Still listed, so it can be verified, skipped by a resuming run and
+                    # pruned; reading it raises CorruptSavepointError.
+                    rows.append(SavepointInfo(timestamp, 0, len(data)))
+                else:
                     rows.append(SavepointInfo(timestamp, found.entity_count, found.size))
             return rows
 

@@ -42,7 +42,14 @@ FORMAT_VERSION = 1
 PACK_MAGIC = b"SSPK"
 MANIFEST_MAGIC = b"SSMF"
 _PACK_HEADER = PACK_MAGIC + bytes([FORMAT_VERSION])
-_MANIFEST_HEADER = struct.Struct(">4sBI")  # magic, version, crc32 of body
+_MANIFEST_HEADER = struct.Struct(">4sBI")  # magic, version, crc32 of version + body
+
+
+def _manifest_crc(version: int, body: bytes | memoryview) -> int:
+    """The checksum covers the version byte too: damage there is corruption, not a
+    "newer format" (every future version keeps this header)."""
+    return zlib.crc32(body, zlib.crc32(bytes([version])))
+
 
 #: States whose encoding is longer than this are zstd-compressed (smaller ones gain little).
 COMPRESS_THRESHOLD = 4096
@@ -241,7 +248,8 @@ def build_record(
         },
         use_bin_type=True,
     )
-    manifest = _MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, zlib.crc32(body)) + body
+    crc = _manifest_crc(FORMAT_VERSION, body)
+    manifest = _MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, crc) + body
     record = SavepointRecord(
         timestamp=timestamp,
         manifest=manifest,
@@ -263,14 +271,14 @@ def decode_manifest(run_id: str, timestamp: int, data: bytes) -> Manifest:
     magic, version, crc = _MANIFEST_HEADER.unpack_from(data)
     if magic != MANIFEST_MAGIC:
         raise _corrupt(run_id, timestamp, "manifest has a bad header")
+    body = memoryview(data)[_MANIFEST_HEADER.size :]
+    if _manifest_crc(version, body) != crc:
+        raise _corrupt(run_id, timestamp, "manifest checksum mismatch")
     if version > FORMAT_VERSION:
         raise ConfigError(
             f"run {run_id!r}: savepoint {timestamp} uses format version {version}; this "
             f"statestore reads up to version {FORMAT_VERSION}: upgrade statestore"
         )
-    body = memoryview(data)[_MANIFEST_HEADER.size :]
-    if zlib.crc32(body) != crc:
-        raise _corrupt(run_id, timestamp, "manifest checksum mismatch")
     try:
         fields: dict[str, Any] = msgpack.unpackb(body, raw=False)
         manifest = Manifest(
