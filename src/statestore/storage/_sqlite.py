@@ -137,6 +137,11 @@ class SQLiteStorage(Storage):
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._inherited: list[_Connection] = []  # a forked parent's: kept open, never used
         self._connections_lock = threading.Lock()
+        # Set when the file cannot be written (permissions, read-only mount): reads are
+        # served, every write fails with "read-only". Immutable when not even SQLite's
+        # shared-memory file can be created, so nobody can be writing the file either.
+        self._read_only = False
+        self._immutable = False
         _open_storages.add(self)
         try:
             with self._boundary():
@@ -194,18 +199,46 @@ class SQLiteStorage(Storage):
         created = not os.path.exists(self.path)
         os.makedirs(directory, exist_ok=True)
         try:
-            conn = self._connection()
-            # WAL is a property of the file: set once, every later connection uses it.
-            conn.execute("PRAGMA journal_mode = WAL")
-            if self._schema_version(conn) < SCHEMA_VERSION:
-                with self._write() as locked:
-                    self._migrate(locked)
+            try:
+                conn = self._connection()
+                # WAL is a property of the file: set once, every later connection uses it.
+                conn.execute("PRAGMA journal_mode = WAL")
+                if self._schema_version(conn) < SCHEMA_VERSION:
+                    with self._write() as locked:
+                        self._migrate(locked)
+            except sqlite3.OperationalError as exc:
+                cannot_write = _code(exc) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+                if created or not cannot_write or not os.path.isfile(self.path):
+                    raise
+                self._open_read_only()
         except sqlite3.DatabaseError as exc:
             if _code(exc) == sqlite3.SQLITE_NOTADB:
                 raise ConfigError(f"{self.path} is not a SQLite database") from None
             raise
         if created:  # the new file's directory entry must survive a power loss too
             _fsync_directory(directory)
+
+    def _open_read_only(self) -> None:
+        """Serve reads from a file this process cannot write."""
+        self._close()
+        self._local = threading.local()
+        self._read_only = True
+        try:
+            version = self._schema_version(self._connection())
+        except sqlite3.OperationalError as exc:
+            if _code(exc) not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+                raise
+            # A WAL file closed cleanly has no -shm file, and a read-only directory
+            # cannot get one: nobody can write it then, so read it as immutable.
+            self._close()
+            self._local = threading.local()
+            self._immutable = True
+            version = self._schema_version(self._connection())
+        if version < SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path} is read-only and has schema version {version}; open it "
+                f"writable once so statestore can upgrade it to {SCHEMA_VERSION}"
+            )
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
         """The file's schema version; ConfigError for a file that is not ours to use."""
@@ -241,8 +274,13 @@ class SQLiteStorage(Storage):
             raise BackendError(f"{self!r} is closed")
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            target, uri = self.path, False
+            if self._read_only:
+                target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
+                target, uri = target + ("&immutable=1" if self._immutable else ""), True
             conn = sqlite3.connect(
-                self.path,
+                target,
+                uri=uri,
                 timeout=self.timeout,
                 isolation_level=None,  # we issue BEGIN and COMMIT ourselves
                 check_same_thread=False,  # only so close() may close every thread's one
