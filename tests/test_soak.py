@@ -4,7 +4,8 @@ Each backend gets ``PROCESSES`` worker processes (this file run as a script), ea
 owning ``STORAGE_RUNS + ENGINE_RUNS`` runs: the storage runs it saves with its writer
 token, prunes and reads back; the engine runs it drives through a
 :class:`statestore.StateStore` and now and then restarts from the latest savepoint.
-Every worker also reads the other workers' runs while they are being written. Each
+Every worker also reads and prunes the other workers' runs while they are being
+written (pruning keeps at least the newest savepoint, as a maintenance job would). Each
 acknowledged savepoint is logged (a line per save, written before the next operation);
 every read is checked on the spot. Afterwards every run's latest savepoint must be the
 last one acknowledged for it, and every stored savepoint whole.
@@ -123,7 +124,8 @@ class Worker:
         deadline = time.monotonic() + seconds
         steps = [
             (0.50, self.save),
-            (0.60, self.prune),
+            (0.58, self.prune),
+            (0.62, self.prune_other),
             (0.72, self.load_own),
             (0.84, self.load_other),
             (0.97, self.engine_step),
@@ -155,6 +157,12 @@ class Worker:
     def prune(self) -> None:
         self.storage.delete_old_savepoints(self.own_run(), self.rng.randint(1, 3))
         self.counts["prunes"] += 1
+
+    def prune_other(self) -> None:
+        """Prune any run, as a maintenance job would: its latest savepoint always stays."""
+        self.storage.delete_old_savepoints(self.rng.choice(self.all_runs), self.rng.randint(1, 3))
+        self.counts["prunes"] += 1
+        self.counts["prunes_of_other_workers_runs"] += 1
 
     def load_own(self) -> None:
         run_id = self.own_run()
@@ -296,6 +304,7 @@ def test_soak(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> N
         "loads": counts["loads"],
         "loads_of_other_workers_runs": counts["loads_of_other_workers_runs"],
         "prunes": counts["prunes"],
+        "prunes_of_other_workers_runs": counts["prunes_of_other_workers_runs"],
         "engine_resumes": counts["engine_resumes"],
         "savepoints_checked_whole_afterwards": checked,
         "runs_whose_latest_is_the_last_ack": len(last),  # check_store asserted each
