@@ -140,7 +140,7 @@ def _w2_table(points: list[ScalingPoint]) -> str:
     return _table(header, rows) + (
         "\n\nMemory: Python-heap bytes (tracemalloc) above what was allocated when the load "
         'began; "loaded" is the size of the returned states (what deleting them gives back); '
-        "traced up to the count shown. Encoded sizes: "
+        '"-": not traced (tracemalloc slows allocation several-fold). Encoded sizes: '
         + ", ".join(f"{p.count:,} entities {_mb(p.encoded_bytes)} MB" for p in points)
         + "."
     )
@@ -210,7 +210,19 @@ def _engine_table(engine: EngineResult) -> str:
 
 def markdown(results: Results) -> str:
     """The report as markdown: one section per workload, the targets, the subjects."""
-    parts: list[str] = []
+    meta = results.meta
+    postgres = meta.get("postgresql") or {}
+    parts = [
+        f"Run: {meta.get('mode')} mode, {meta.get('date')}, commit {meta.get('commit')}, "
+        f"{meta.get('seconds')} s; {meta.get('cpus')} cores ({meta.get('platform')}), "
+        f"Python {meta.get('python')}, SQLite {meta.get('sqlite')}, PostgreSQL "
+        f"{postgres.get('version', 'not used')}."
+    ]
+    if meta.get("source_changed"):
+        parts.append(
+            "**Warning: statestore's source changed while this run was going on; figures "
+            "may mix two versions.**"
+        )
     sections: list[tuple[str, Any, Callable[[Any], str]]] = [
         ("W1 full savepoints", results.w1, _w1_table),
         ("W2 large", results.w2, _w2_table),

@@ -127,14 +127,23 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=REPOSITORY, capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _source_state() -> str:
+    """The commit plus any uncommitted change to statestore's source."""
+    return _git("rev-parse", "HEAD") + _git("diff", "HEAD", "--", "src")
+
+
 def _meta(args: argparse.Namespace, postgres_url: str | None) -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=REPOSITORY,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit = _git("rev-parse", "--short", "HEAD")
     meta: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -182,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
     args = _arguments(argv)
     started = time.perf_counter()
+    source_at_start = _source_state()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
@@ -213,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{workload} FAILED:\n{results.errors[workload]}")
         bench.drop_schemas()
     results.meta["seconds"] = round(time.perf_counter() - started, 1)
+    if _source_state() != source_at_start:
+        # In a shared working tree someone may commit mid-run; W4's worker processes
+        # would then run other code than the parent.
+        results.meta["source_changed"] = True
+        log("WARNING: statestore's source changed during the run")
     report = markdown(results)
     print()
     print(report)
