@@ -159,13 +159,6 @@ _WATCHER = """
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="needs root and setpriv to drop the capability that ignores permissions",
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a SQLite store opened without write permission while no -shm file "
-    "exists is read as immutable, so what a process that may write it saves afterwards "
-    "is never seen (stale reads, pruned savepoints still listed); immutable is only "
-    "safe when no one can write the file",
-)
 def test_a_reader_without_write_permission_sees_what_a_writer_saves_later(
     tmp_path: Path,
 ) -> None:

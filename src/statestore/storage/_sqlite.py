@@ -273,6 +273,13 @@ class SQLiteStorage(Storage):
         if self._closed:
             raise BackendError(f"{self!r} is closed")
         conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._immutable and not conn.in_transaction:
+            # An immutable connection never sees later changes: open one afresh for each
+            # use, and read the WAL properly once a writer has created the -shm file.
+            conn.close()
+            conn = self._local.conn = None
+            if os.path.exists(self.path + "-shm"):
+                self._immutable = False
         if conn is None:
             target, uri = self.path, False
             if self._read_only:
