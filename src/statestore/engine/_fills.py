@@ -35,7 +35,7 @@ class Fills:
         self._at_frontier = len(self.order)
 
     def __contains__(self, entity_id: object) -> bool:
-        return entity_id in self._filled_to
+        return isinstance(entity_id, str) and entity_id in self._filled_to
 
     def filled_to(self, entity_id: str) -> int:
         """The highest savepoint the entity has filled (``done`` or below when none)."""
