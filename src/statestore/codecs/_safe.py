@@ -129,13 +129,17 @@ class SafeCodec:
 
     def encode(self, value: object) -> bytes:
         try:
-            return self._pack_fast(value)
+            packed: bytes = ormsgpack.packb(
+                value, default=self._to_ormsgpack_ext, option=_ORMSGPACK_OPTIONS
+            )
         except EncodeError:
             raise
         except (TypeError, ormsgpack.MsgpackEncodeError, RecursionError, OverflowError):
             pass  # e.g. a dict with non-str keys: the reference binding writes those
+        else:
+            return packed
         try:
-            packed: bytes = self._packer().pack(value)
+            packed = self._packer().pack(value)
         except EncodeError:
             raise
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:

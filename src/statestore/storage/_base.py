@@ -148,11 +148,13 @@ class Storage(ABC):
         """
         run_id = _validate.save_target(run_id, timestamp, writer_token)
         ids, states = _validate.entities(entities, run_id)
-        encoded = [
-            _layout.encode_state(self.codec, entity_id, state, run_id)
-            for entity_id, state in zip(ids, states, strict=True)
-        ]
-        self._save(run_id, timestamp, ids, encoded, writer_token)
+        self._save(
+            run_id,
+            timestamp,
+            ids,
+            _layout.encode_states(self.codec, ids, states, run_id),
+            writer_token,
+        )
 
     def encode_state(self, run_id: str, entity_id: str, state: Any) -> bytes:
         """Encode one state with this storage's codec, as :meth:`save_encoded_savepoint` takes it.
@@ -269,7 +271,7 @@ class Storage(ABC):
             timestamp = _validate.timestamp(timestamp)
         manifest, packs = self._read_checked(run_id, timestamp)
         index = _layout.extract_states(run_id, manifest, packs)
-        entities = [(entity_id, bytes(stored.raw)) for entity_id, stored in index.states.items()]
+        entities = [(entity_id, bytes(raw)) for entity_id, raw in index.entities()]
         return EncodedSavepoint(manifest.timestamp, manifest.codec, entities)
 
     def delete_savepoints(self, run_id: str, timestamps: Iterable[int]) -> None:

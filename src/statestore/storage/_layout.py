@@ -81,34 +81,38 @@ class Manifest:
     codec: str
     packs: list[str]
     pack_sizes: list[int]
+    pack_crcs: list[int]
     ids: list[str]
     pack_index: list[int]
     offsets: list[int]
     lengths: list[int]
     raw_lengths: list[int]
     flags: list[int]
-    crcs: list[int]
-
-
-@dataclass(frozen=True)
-class StoredState:
-    """Where one entity's state lives, with its encoded bytes to compare against."""
-
-    raw: bytes | memoryview
-    pack: str
-    offset: int
-    length: int
-    flags: int
-    crc: int
 
 
 @dataclass(frozen=True)
 class RunIndex:
-    """The previous savepoint of a run, by entity: the base of the next incremental save."""
+    """A savepoint of a run by entity, in columns: the base of the run's next save.
+
+    Row ``position[entity_id]`` says where the entity's state is stored (pack name,
+    offset, stored length, flags) and holds its encoded bytes (``raws``) to compare the
+    next save's against. Columns, not an object per entity: saving and loading touch
+    every entity, and building 10,000 small objects costs more than the I/O.
+    """
 
     timestamp: int
-    states: dict[str, StoredState]
+    position: dict[str, int]
+    raws: list[bytes | memoryview]
+    packs: list[str]
+    offsets: list[int]
+    lengths: list[int]
+    flags: list[int]
     pack_sizes: dict[str, int]
+    pack_crcs: dict[str, int]
+
+    def entities(self) -> list[tuple[str, bytes | memoryview]]:
+        """``(entity_id, encoded state)`` in save order."""
+        return list(zip(self.position, self.raws, strict=True))
 
 
 #: The packs a savepoint points into hold at most this many times its live bytes.
@@ -137,26 +141,42 @@ def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> by
     return data
 
 
-def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex | None) -> list[bool]:
-    """Which states to point at in the base's packs rather than write anew.
+def encode_states(
+    codec: Codec, ids: Sequence[str], states: Sequence[object], run_id: str
+) -> list[bytes]:
+    """Encode every state; on a failure, name the first entity the codec refuses."""
+    encode = codec.encode
+    try:
+        encoded = [encode(state) for state in states]  # the hot path: one tight loop
+    except EncodeError:
+        encoded = []
+    if len(encoded) != len(states) or max(map(len, encoded), default=0) > MAX_STATE_BYTES:
+        # The slow path, only to raise the error that names the entity.
+        for entity_id, state in zip(ids, states, strict=True):
+            encode_state(codec, entity_id, state, run_id)
+    return encoded
+
+
+def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex) -> list[int]:
+    """For each state, its row in ``base`` when it is reused there, else -1.
 
     A state is reusable when its bytes equal the base's. Then, so that loading reads at
     most ``MAX_READ_AMPLIFICATION`` times the live bytes, the sparsest packs have their
     live states copied forward into the new pack until the bound holds.
     """
-    if base is None:
-        return [False] * len(ids)
-    reuse: list[bool] = []
+    position, raws, packs, lengths = base.position, base.raws, base.packs, base.lengths
+    rows: list[int] = []
     live: dict[str, int] = {}
     changed = 0
     for entity_id, data in zip(ids, encoded, strict=True):
-        old = base.states.get(entity_id)
-        same = old is not None and old.raw == data
-        reuse.append(same)
-        if same and old is not None:
-            live[old.pack] = live.get(old.pack, 0) + old.length
+        row = position.get(entity_id, -1)
+        if row >= 0 and raws[row] == data:
+            pack = packs[row]
+            live[pack] = live.get(pack, 0) + lengths[row]
         else:
+            row = -1
             changed += len(data)
+        rows.append(row)
     live_total = changed + sum(live.values())
     referenced = changed + sum(base.pack_sizes[pack] for pack in live)
     copied: set[str] = set()
@@ -166,10 +186,8 @@ def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex | Non
         referenced -= base.pack_sizes[pack] - live[pack]
         copied.add(pack)
     if copied:
-        for i, entity_id in enumerate(ids):
-            if reuse[i] and base.states[entity_id].pack in copied:
-                reuse[i] = False
-    return reuse
+        rows = [-1 if row >= 0 and packs[row] in copied else row for row in rows]
+    return rows
 
 
 def build_record(
@@ -186,65 +204,58 @@ def build_record(
     Returns the record to commit and the run index it leaves behind (the base of the
     next save once the commit succeeds).
     """
-    reuse = _reusable(ids, encoded, base)
+    rows = _reusable(ids, encoded, base) if base is not None else [-1] * len(ids)
     pack_name = new_pack_name(timestamp)
-    packs: dict[str, int] = {}  # pack name -> index in the manifest
-    pack_sizes: list[int] = []
     parts: list[bytes] = [_PACK_HEADER]
     offset = len(_PACK_HEADER)
-    index: list[int] = []
+    packs: list[str] = []
     offsets: list[int] = []
     lengths: list[int] = []
-    raw_lengths: list[int] = []
     flags: list[int] = []
-    crcs: list[int] = []
-    states: dict[str, StoredState] = {}
     compressor: zstandard.ZstdCompressor | None = None
-    for entity_id, raw, reused in zip(ids, encoded, reuse, strict=True):
-        if reused and base is not None:
-            stored = base.states[entity_id]
-            if stored.pack not in packs:
-                packs[stored.pack] = len(packs)
-                pack_sizes.append(base.pack_sizes[stored.pack])
-        else:
-            data, flag = raw, 0
-            if len(raw) > COMPRESS_THRESHOLD:
-                compressor = compressor or zstandard.ZstdCompressor(
-                    level=3, write_content_size=True
-                )
-                compressed = compressor.compress(raw)
-                if len(compressed) < len(raw):
-                    data, flag = compressed, _FLAG_ZSTD
-            if pack_name not in packs:
-                packs[pack_name] = len(packs)
-                pack_sizes.append(0)  # filled in once the pack is complete
-            stored = StoredState(raw, pack_name, offset, len(data), flag, zlib.crc32(data))
-            parts.append(data)
-            offset += len(data)
-        states[entity_id] = stored
-        index.append(packs[stored.pack])
-        offsets.append(stored.offset)
-        lengths.append(stored.length)
-        raw_lengths.append(len(raw))
-        flags.append(stored.flags)
-        crcs.append(stored.crc)
+    for raw, row in zip(encoded, rows, strict=True):
+        if row >= 0 and base is not None:
+            packs.append(base.packs[row])
+            offsets.append(base.offsets[row])
+            lengths.append(base.lengths[row])
+            flags.append(base.flags[row])
+            continue
+        data, flag = raw, 0
+        if len(raw) > COMPRESS_THRESHOLD:
+            compressor = compressor or zstandard.ZstdCompressor(level=3, write_content_size=True)
+            compressed = compressor.compress(raw)
+            if len(compressed) < len(raw):
+                data, flag = compressed, _FLAG_ZSTD
+        parts.append(data)
+        packs.append(pack_name)
+        offsets.append(offset)
+        lengths.append(len(data))
+        flags.append(flag)
+        offset += len(data)
+    pack_sizes: dict[str, int] = {}
+    pack_crcs: dict[str, int] = {}
     blobs: dict[str, bytes] = {}
-    if pack_name in packs:
+    if len(parts) > 1:
         blobs[pack_name] = b"".join(parts)
-        pack_sizes[packs[pack_name]] = offset
+        pack_sizes[pack_name], pack_crcs[pack_name] = offset, zlib.crc32(blobs[pack_name])
+    if base is not None:
+        for name in set(packs) - blobs.keys():
+            pack_sizes[name], pack_crcs[name] = base.pack_sizes[name], base.pack_crcs[name]
+    names = sorted(pack_sizes)
+    number = {name: i for i, name in enumerate(names)}
     body = msgpack.packb(
         {
             "ts": timestamp,
             "codec": codec.name,
-            "packs": list(packs),
-            "pack_sizes": pack_sizes,
+            "packs": names,
+            "pack_sizes": [pack_sizes[name] for name in names],
+            "pack_crcs": [pack_crcs[name] for name in names],
             "ids": list(ids),
-            "pack": index,
+            "pack": [number[name] for name in packs],
             "offset": offsets,
             "length": lengths,
-            "raw": raw_lengths,
+            "raw": [len(raw) for raw in encoded],
             "flags": flags,
-            "crc": crcs,
         },
         use_bin_type=True,
     )
@@ -254,10 +265,15 @@ def build_record(
         timestamp=timestamp,
         manifest=manifest,
         blobs=blobs,
-        refs=tuple(packs),
+        refs=tuple(names),
         entity_count=len(ids),
     )
-    return record, RunIndex(timestamp, states, dict(zip(packs, pack_sizes, strict=True)))
+    position = {entity_id: i for i, entity_id in enumerate(ids)}
+    raws: list[bytes | memoryview] = list(encoded)
+    index = RunIndex(
+        timestamp, position, raws, packs, offsets, lengths, flags, pack_sizes, pack_crcs
+    )
+    return record, index
 
 
 def _corrupt(run_id: str, timestamp: int, why: str) -> CorruptSavepointError:
@@ -286,20 +302,18 @@ def decode_manifest(run_id: str, timestamp: int, data: bytes) -> Manifest:
             codec=str(fields["codec"]),
             packs=list(fields["packs"]),
             pack_sizes=list(fields["pack_sizes"]),
+            pack_crcs=list(fields["pack_crcs"]),
             ids=list(fields["ids"]),
             pack_index=list(fields["pack"]),
             offsets=list(fields["offset"]),
             lengths=list(fields["length"]),
             raw_lengths=list(fields["raw"]),
             flags=list(fields["flags"]),
-            crcs=list(fields["crc"]),
         )
     except Exception as exc:  # any malformed body: bad msgpack, missing key, wrong type
         raise _corrupt(run_id, timestamp, f"manifest does not decode ({exc})") from None
     columns = (manifest.pack_index, manifest.offsets, manifest.lengths, manifest.raw_lengths)
-    if any(
-        len(column) != len(manifest.ids) for column in (*columns, manifest.flags, manifest.crcs)
-    ):
+    if any(len(column) != len(manifest.ids) for column in (*columns, manifest.flags)):
         raise _corrupt(run_id, timestamp, "manifest columns differ in length")
     if manifest.timestamp != timestamp:
         raise _corrupt(run_id, timestamp, f"manifest is for timestamp {manifest.timestamp}")
@@ -320,56 +334,63 @@ def codec_for(manifest: Manifest, configured: Codec, run_id: str) -> Codec:
 
 
 def extract_states(run_id: str, manifest: Manifest, packs: Mapping[str, bytes]) -> RunIndex:
-    """Verify every state of the manifest and return them as stored, not decoded.
+    """Verify every pack of the manifest and cut out each state as stored, not decoded.
 
-    Each state's ``raw`` bytes are what the codec wrote (views into ``packs``, copied
+    Each state's ``raws`` entry is what the codec wrote (a view into its pack, copied
     only when decompressed); the index is also the base of the run's next incremental
     save. Any failed check is a :class:`CorruptSavepointError`.
     """
     timestamp = manifest.timestamp
     views: list[memoryview] = []
-    for name, size in zip(manifest.packs, manifest.pack_sizes, strict=True):
+    for name, size, crc in zip(
+        manifest.packs, manifest.pack_sizes, manifest.pack_crcs, strict=True
+    ):
         pack = packs.get(name)
         if pack is None:
             raise _corrupt(run_id, timestamp, f"pack {name} is missing")
         if len(pack) != size or pack[: len(_PACK_HEADER)] != _PACK_HEADER:
             raise _corrupt(run_id, timestamp, f"pack {name} has a bad header or size")
+        if zlib.crc32(pack) != crc:
+            raise _corrupt(run_id, timestamp, f"pack {name}: checksum mismatch")
         views.append(memoryview(pack))
-    decompressor: zstandard.ZstdDecompressor | None = None
-    states: dict[str, StoredState] = {}
-    for i, entity_id in enumerate(manifest.ids):
-        try:
-            pack_index, start, length = (
-                manifest.pack_index[i],
-                manifest.offsets[i],
-                manifest.lengths[i],
-            )
+    names = manifest.packs
+    if len(set(manifest.ids)) != len(manifest.ids):
+        raise _corrupt(run_id, timestamp, "an entity id appears twice")
+    raws: list[bytes | memoryview] = []
+    try:
+        for pack_index, start, length, raw_length, flag in zip(
+            manifest.pack_index,
+            manifest.offsets,
+            manifest.lengths,
+            manifest.raw_lengths,
+            manifest.flags,
+            strict=True,
+        ):
             data = views[pack_index][start : start + length]
-            crc = manifest.crcs[i]
-            if len(data) != length or zlib.crc32(data) != crc:
-                raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: checksum mismatch")
-            raw_length = manifest.raw_lengths[i]
-            if not 0 <= raw_length <= MAX_STATE_BYTES:
-                raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: bad length")
             raw: bytes | memoryview = data
-            if manifest.flags[i] & _FLAG_ZSTD:
-                decompressor = decompressor or zstandard.ZstdDecompressor()
+            if flag:
+                if flag != _FLAG_ZSTD or not 0 <= raw_length <= MAX_STATE_BYTES:
+                    raise ValueError("bad flags or length")
+                decompressor = zstandard.ZstdDecompressor()
                 raw = decompressor.decompress(data, max_output_size=raw_length)
-            if len(raw) != raw_length:
-                raise _corrupt(run_id, timestamp, f"entity {entity_id!r}: bad length")
-            if entity_id in states:
-                raise _corrupt(run_id, timestamp, f"entity {entity_id!r} appears twice")
-            stored = StoredState(
-                raw, manifest.packs[pack_index], start, length, manifest.flags[i], crc
-            )
-        except CorruptSavepointError:
-            raise
-        except Exception as exc:  # hostile manifests: bad index, bad zstd frame, wrong types
-            why = f"entity {entity_id!r} cannot be read ({type(exc).__name__}: {exc})"
-            raise _corrupt(run_id, timestamp, why) from None
-        states[entity_id] = stored
-    sizes = dict(zip(manifest.packs, manifest.pack_sizes, strict=True))
-    return RunIndex(timestamp, states, sizes)
+            if len(data) != length or len(raw) != raw_length or start < 0 or pack_index < 0:
+                raise ValueError("bad offset or length")
+            raws.append(raw)
+    except Exception as exc:  # hostile manifests: bad index, bad zstd frame, wrong types
+        entity_id = manifest.ids[len(raws)] if len(raws) < len(manifest.ids) else "?"
+        why = f"entity {entity_id!r} cannot be read ({type(exc).__name__}: {exc})"
+        raise _corrupt(run_id, timestamp, why) from None
+    return RunIndex(
+        timestamp,
+        {entity_id: i for i, entity_id in enumerate(manifest.ids)},
+        raws,
+        [names[i] for i in manifest.pack_index],
+        manifest.offsets,
+        manifest.lengths,
+        manifest.flags,
+        dict(zip(names, manifest.pack_sizes, strict=True)),
+        dict(zip(names, manifest.pack_crcs, strict=True)),
+    )
 
 
 def decode_state(
@@ -388,9 +409,11 @@ def decode_states(
 ) -> tuple[list[tuple[str, object]], RunIndex]:
     """Verify and decode every state of the manifest, in save order, with its run index."""
     index = extract_states(run_id, manifest, packs)
-    ts = manifest.timestamp
-    entities = [
-        (entity_id, decode_state(run_id, ts, entity_id, codec, stored.raw))
-        for entity_id, stored in index.states.items()
-    ]
-    return entities, index
+    decode = codec.decode
+    try:
+        states = [decode(raw) for raw in index.raws]
+    except Exception:  # name the entity that does not decode (the slow path, once)
+        for entity_id, raw in zip(manifest.ids, index.raws, strict=True):
+            decode_state(run_id, manifest.timestamp, entity_id, codec, raw)
+        raise
+    return list(zip(manifest.ids, states, strict=True)), index

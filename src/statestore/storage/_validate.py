@@ -65,10 +65,27 @@ def entities(value: Any, run: str) -> tuple[list[str], list[Any]]:
             f"run {run!r}: entities must be a list of (entity_id, state) pairs, "
             f"not {_describe(value)}"
         )
+    items = list(value)
+    # The common case, checked in bulk (C loops, not Python ones): pairs with str ids,
+    # no duplicates, valid Unicode. Anything else goes to the item-by-item check below,
+    # which names the first bad entity.
+    if all(type(item) is tuple and len(item) == 2 for item in items):
+        ids = [item[0] for item in items]
+        if all(type(entity_id) is str for entity_id in ids) and len(set(ids)) == len(ids):
+            try:
+                "".join(ids).encode("utf-8")
+            except UnicodeEncodeError:
+                pass
+            else:
+                return ids, [item[1] for item in items]
+    return _entities_one_by_one(items, run)
+
+
+def _entities_one_by_one(items: list[Any], run: str) -> tuple[list[str], list[Any]]:
     ids: list[str] = []
     states: list[Any] = []
     seen: set[str] = set()
-    for position, item in enumerate(value):
+    for position, item in enumerate(items):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise InvalidArgumentError(
                 f"run {run!r}: entity #{position} must be an (entity_id, state) pair, "
