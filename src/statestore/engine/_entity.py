@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RunNotInitializedError
-from ..schedule import next_savepoint, previous_savepoint
 from ..storage import _validate
 
 if TYPE_CHECKING:
@@ -68,7 +67,9 @@ class Entity:
                     "init_run_state(), load_run_state() or start()"
                 )
             self._store._save(self.id, timestamp, self.state, self._generation)
-            self.last_savepoint = previous_savepoint(self.schedule, timestamp)
-            self.next_savepoint = next_savepoint(self.schedule, timestamp)
+            # The grid inline (next_savepoint is set, so the schedule is an int > 0).
+            schedule = cast(int, self.schedule)
+            self.last_savepoint = timestamp // schedule * schedule
+            self.next_savepoint = self.last_savepoint + schedule
         self.timestamp = timestamp
         return self
