@@ -15,7 +15,7 @@ from ..errors import (
     StaleWriterError,
 )
 from ..schedule import next_savepoint, previous_savepoint, unreached_savepoints
-from ..storage import Savepoint, Storage, _layout, _validate, get_config
+from ..storage import Savepoint, Storage, _validate, get_config
 from ._entity import Entity
 from ._fills import Fills
 
@@ -261,10 +261,7 @@ class StateStore:
             generation = self._generation
             needed = upto is not None and upto > fills.filled_to(entity_id)
         # Encode outside the lock: other entities' saves need not wait for a big state.
-        # (The run id was validated at construction, so the layout's encoder is called
-        # directly rather than Storage.encode_state, which would check it again.)
-        codec = self.storage.codec
-        data = _layout.encode_state(codec, entity_id, state, self.run_id) if needed else b""
+        data = self.storage.encode_state(self.run_id, entity_id, state) if needed else b""
         with self._lock:
             if generation != self._generation:
                 return  # the run was started again meanwhile; this save belongs to the old
