@@ -165,18 +165,18 @@ def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex) -> l
     live states copied forward into the new pack until the bound holds.
     """
     position, raws, packs, lengths = base.position, base.raws, base.packs, base.lengths
-    rows: list[int] = []
+    # Comprehensions, not one loop with appends: this touches every entity of every save.
+    found = [position.get(entity_id, -1) for entity_id in ids]
+    rows = [
+        row if row >= 0 and raws[row] == data else -1
+        for row, data in zip(found, encoded, strict=True)
+    ]
     live: dict[str, int] = {}
-    changed = 0
-    for entity_id, data in zip(ids, encoded, strict=True):
-        row = position.get(entity_id, -1)
-        if row >= 0 and raws[row] == data:
+    for row in rows:
+        if row >= 0:
             pack = packs[row]
             live[pack] = live.get(pack, 0) + lengths[row]
-        else:
-            row = -1
-            changed += len(data)
-        rows.append(row)
+    changed = sum(len(data) for row, data in zip(rows, encoded, strict=True) if row < 0)
     live_total = changed + sum(live.values())
     referenced = changed + sum(base.pack_sizes[pack] for pack in live)
     copied: set[str] = set()
@@ -208,17 +208,12 @@ def build_record(
     pack_name = new_pack_name(timestamp)
     parts: list[bytes] = [_PACK_HEADER]
     offset = len(_PACK_HEADER)
-    packs: list[str] = []
-    offsets: list[int] = []
-    lengths: list[int] = []
-    flags: list[int] = []
+    # Only the states written anew go through a Python loop; the columns of reused ones
+    # are copied from the base in comprehensions.
+    written: dict[int, tuple[int, int, int]] = {}  # position -> offset, length, flags
     compressor: zstandard.ZstdCompressor | None = None
-    for raw, row in zip(encoded, rows, strict=True):
-        if row >= 0 and base is not None:
-            packs.append(base.packs[row])
-            offsets.append(base.offsets[row])
-            lengths.append(base.lengths[row])
-            flags.append(base.flags[row])
+    for i, (raw, row) in enumerate(zip(encoded, rows, strict=True)):
+        if row >= 0:
             continue
         data, flag = raw, 0
         if len(raw) > COMPRESS_THRESHOLD:
@@ -227,11 +222,19 @@ def build_record(
             if len(compressed) < len(raw):
                 data, flag = compressed, _FLAG_ZSTD
         parts.append(data)
-        packs.append(pack_name)
-        offsets.append(offset)
-        lengths.append(len(data))
-        flags.append(flag)
+        written[i] = (offset, len(data), flag)
         offset += len(data)
+    if base is None:  # every state is new: the columns are the written ones, in order
+        packs = [pack_name] * len(rows)
+        offsets = [entry[0] for entry in written.values()]
+        lengths = [entry[1] for entry in written.values()]
+        flags = [entry[2] for entry in written.values()]
+    else:
+        b_packs, b_offsets, b_lengths, b_flags = base.packs, base.offsets, base.lengths, base.flags
+        packs = [b_packs[row] if row >= 0 else pack_name for row in rows]
+        offsets = [b_offsets[r] if r >= 0 else written[i][0] for i, r in enumerate(rows)]
+        lengths = [b_lengths[r] if r >= 0 else written[i][1] for i, r in enumerate(rows)]
+        flags = [b_flags[r] if r >= 0 else written[i][2] for i, r in enumerate(rows)]
     pack_sizes: dict[str, int] = {}
     pack_crcs: dict[str, int] = {}
     blobs: dict[str, bytes] = {}
