@@ -200,6 +200,8 @@ def test_real_backends_with_random_arguments(
     real_storage.save_savepoint("run", 1000, [("e1", {"n": 1})])
     call = getattr(real_storage, name)
     _call_or_refuse(real_storage, lambda: call(*args[: STORAGE_CALLS[name]]))
-    # The store still works for the run every example starts from.
+    # The store still works for the run every example starts from (which a valid
+    # delete_run("run") has just removed: initialize it again).
+    real_storage.init_storage("run")
     real_storage.save_savepoint("run", 1000, [("e1", {"n": 2})])
     assert real_storage.get_savepoint("run", 1000) == (1000, [("e1", {"n": 2})])
