@@ -1,4 +1,8 @@
-"""PostgreSQL wiring for the tests: one server per test session, a fresh schema per test.
+"""Test wiring: Hypothesis in CI, and PostgreSQL (one server per session, a schema per test).
+
+In CI (``CI`` set) Hypothesis runs derandomized: the same examples every run, so a
+submission lands or fails on its own merits; run locally, the property tests explore new
+examples each time, and a failure found there is kept as a regression test.
 
 ``STATESTORE_TEST_POSTGRES_URL=postgresql://user:pass@host/db`` runs the PostgreSQL tests
 against that server (each test in a schema of its own, dropped afterwards). Otherwise a
@@ -17,7 +21,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 from postgres_server import PostgresServer, ServerUnavailableError, find_bin_dir, reap_abandoned
+
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 URL_ENV = "STATESTORE_TEST_POSTGRES_URL"
 REQUIRE_ENV = "STATESTORE_REQUIRE_POSTGRES"
