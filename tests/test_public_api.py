@@ -18,6 +18,7 @@ PUBLIC_MODULES = [
     "statestore.codecs",
     "statestore.schedule",
     "statestore.engine",
+    "statestore.ops",
     "statestore.testing",
 ]
 
