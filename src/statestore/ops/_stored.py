@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..codecs import Codec, SafeCodec
+from ..codecs import Codec
 from ..errors import ConfigError, NoSavepointError
 from ..storage import Storage, _layout
 from ..storage._layout import Manifest
@@ -69,21 +69,19 @@ def decoder_for(storage: Storage, stored: StoredSavepoint) -> Codec | None:
     The safe codec is always available; another codec only when the storage was
     opened with it (a pickle codec and its key).
     """
-    if stored.codec == storage.codec.name:
-        return storage.codec
-    if stored.codec == SafeCodec.name:
-        return SafeCodec()
-    return None
+    try:
+        return _decoder(storage, stored)
+    except ConfigError:
+        return None
+
+
+def _decoder(storage: Storage, stored: StoredSavepoint) -> Codec:
+    return _layout.codec_for(stored.codec, storage.codec, stored.run_id, stored.timestamp)
 
 
 def decode_states(storage: Storage, stored: StoredSavepoint) -> list[tuple[str, object]]:
     """Decode verified states with the storage's codec; ConfigError when it cannot."""
-    codec = decoder_for(storage, stored)
-    if codec is None:
-        raise ConfigError(
-            f"run {stored.run_id!r}: savepoint {stored.timestamp} was written with codec "
-            f"{stored.codec!r}; this storage uses {storage.codec.name!r}"
-        )
+    codec = _decoder(storage, stored)
     return [
         (entity_id, _layout.decode_state(stored.run_id, stored.timestamp, entity_id, codec, data))
         for entity_id, data in stored.entities

@@ -365,7 +365,7 @@ class Storage(ABC):
 
     def _load(self, run_id: str, timestamp: int | None) -> Savepoint:
         manifest, packs = self._read_checked(run_id, timestamp)
-        codec = _layout.codec_for(manifest, self.codec, run_id)
+        codec = _layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
         entities, index = _layout.decode_states(run_id, manifest, packs, codec)
         if timestamp is None:  # a resumed run saves next: base that save on what it loaded
             self._remember_index(run_id, index)

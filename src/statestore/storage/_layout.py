@@ -323,15 +323,15 @@ def decode_manifest(run_id: str, timestamp: int, data: bytes) -> Manifest:
     return manifest
 
 
-def codec_for(manifest: Manifest, configured: Codec, run_id: str) -> Codec:
-    """The codec that reads this manifest's states, or a ConfigError saying which is needed."""
-    if manifest.codec == configured.name:
+def codec_for(codec_name: str, configured: Codec, run_id: str, timestamp: int) -> Codec:
+    """The codec that reads states written by ``codec_name``, or a ConfigError naming it."""
+    if codec_name == configured.name:
         return configured
-    if manifest.codec == SafeCodec.name:
+    if codec_name == SafeCodec.name:
         return SafeCodec()  # safe data stays readable whatever codec is configured now
     raise ConfigError(
-        f"run {run_id!r}: savepoint {manifest.timestamp} was written with codec "
-        f"{manifest.codec!r}, but this storage uses {configured.name!r}; open it with "
+        f"run {run_id!r}: savepoint {timestamp} was written with codec "
+        f"{codec_name!r}, but this storage uses {configured.name!r}; open it with "
         f"the codec that wrote it (e.g. codec=PickleCodec(key=...))"
     )
 
