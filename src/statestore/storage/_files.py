@@ -3,6 +3,7 @@
 Layout of a store; every name in it is chosen here, none by a caller::
 
     <store>/
+      .statestore             the marker: "statestore file store" and a format line
       .tmp/                   runs being created, renamed into place once complete
       .trash/                 runs being deleted: renamed here first, then removed
       <safe name>/            one run: a sanitized prefix of its id + a SHA-256 of it
@@ -16,6 +17,12 @@ Every file is written to a temp file in its own directory, fsynced, renamed over
 final name, and the directory fsynced; the rename of the savepoint file is the commit
 point. Names starting with a dot are temp files or housekeeping; reads ignore them.
 Needs POSIX ``flock`` (Linux, macOS); the lock works across processes and threads.
+
+Nothing outside the store is ever touched: a symbolic link (or any non-directory) where
+one of the directories above is expected is refused with a BackendError, a link where a
+file is expected reads as damage, and every file is opened with ``O_NOFOLLOW``. A
+directory is recognised as a store (its marker, or the layout written before markers
+existed) before anything in it is cleaned up; anything else is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -53,12 +61,18 @@ LOCK_FILE = "lock"
 PACKS_DIR = "packs"
 SAVEPOINTS_DIR = "savepoints"
 TEMP_PREFIX = ".tmp-"
+MARKER_FILE = ".statestore"
+_MARKER_MAGIC = "statestore file store"
+_MARKER_FORMAT = 1
+_MARKER = f"{_MARKER_MAGIC}\nformat {_MARKER_FORMAT}\n".encode()
 #: A run directory in .tmp older than this was abandoned by a crashed creator.
 ABANDONED_AFTER_SECONDS = 3600
 
 _SAVEPOINT_NAME = re.compile(r"(\d{20})\.sp")
 _BLOB_NAME = re.compile(r"[0-9A-Za-z_-]{1,128}")
 _UNSAFE_CHARS = re.compile(r"[^a-z0-9]+")
+#: What run_dir_name returns: how a run directory of a store without a marker is known.
+_RUN_DIR_NAME = re.compile(r"(?:[a-z0-9_]{1,24}-)?[0-9a-f]{40}")
 
 _FRAME = struct.Struct(">4sBQI")  # magic, version, body length, CRC-32 of the body
 _FRAME_MAGIC = b"SSSV"
@@ -161,13 +175,55 @@ def decode_savepoint_file(run_id: str, timestamp: int, data: bytes) -> Savepoint
     return found
 
 
+class NotARegularFileError(OSError):
+    """A symlink, FIFO, device or directory where the store keeps a file: never followed."""
+
+
 def _read(path: str) -> bytes | None:
-    """The file's bytes, or None when it does not exist (deleted meanwhile)."""
+    """The file's bytes, or None when it does not exist (deleted meanwhile).
+
+    ``O_NOFOLLOW`` refuses a planted symlink, ``O_NONBLOCK`` keeps a planted FIFO from
+    hanging the open, and only a regular file is read: anything else raises
+    NotARegularFileError, which each caller treats as damage.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotARegularFileError(errno.ELOOP, "a symbolic link, not followed", path) from None
+        raise
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFileError(errno.EINVAL, "not a regular file", path)
+        return file.read()
+
+
+def _is_real_dir(path: str) -> bool | None:
+    """True for a directory (not a link to one), False for anything else, None if missing."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _not_followed(path: str, whose: str) -> BackendError:
+    return BackendError(
+        f"{whose}: {path} is a symbolic link or not a directory; the store never follows "
+        "a link out of itself (remove it or restore the directory)"
+    )
+
+
+def _own_dir(path: str, whose: str) -> str:
+    """``path`` as a real directory of the store, made if missing; a link is refused."""
+    if _is_real_dir(path) is None:
+        with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
+            os.mkdir(path, 0o755)
+    if not _is_real_dir(path):
+        raise _not_followed(path, whose)
+    return path
 
 
 def _fsync_dir(path: str) -> None:
@@ -198,7 +254,15 @@ def _write_file(directory: str, name: str, data: bytes, *, sync_dir: bool = True
 
 
 def _remove_tree(path: str) -> None:
-    """Remove a directory tree; gone already (another process cleaned it) is fine."""
+    """Remove a directory tree; gone already (another process cleaned it) is fine.
+
+    A link or file is unlinked itself, never followed (rmtree refuses a link at the
+    top and does not follow links below it).
+    """
+    if _is_real_dir(path) is False:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
     shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(path):
         raise OSError(errno.ENOTEMPTY, "could not remove leftover directory", path)
@@ -221,8 +285,12 @@ class FileStorage(Storage):
             if not os.path.isdir(self.directory):
                 os.makedirs(self.directory, exist_ok=True)
                 _fsync_dir(os.path.dirname(self.directory))  # the new store's entry, durable
-        # A crashed drop or create left something behind: best effort, a read-only
-        # store must still open for reading.
+            has_marker = self._recognise()
+            if not self._writable():
+                return  # a read-only open reads, and never cleans anything up
+            if not has_marker:
+                _write_file(self.directory, MARKER_FILE, _MARKER)
+        # A crashed drop or create left something behind: best effort.
         with contextlib.suppress(OSError):
             self._clean_housekeeping()
 
@@ -251,6 +319,69 @@ class FileStorage(Storage):
     def __repr__(self) -> str:
         return f"FileStorage({self.directory!r})"
 
+    # ---------------------------------------------------------------- recognising a store
+
+    def _recognise(self) -> bool:
+        """Whether the store has its marker; a directory that is no store is a ConfigError.
+
+        Without a marker, an empty directory is a new store, and one holding only what
+        statestore wrote before markers existed (.tmp, .trash, run directories with a
+        run-id file, temp files) is an older store. Anything else is someone's data:
+        refused before any cleanup could delete part of it.
+        """
+        try:
+            marker = _read(os.path.join(self.directory, MARKER_FILE))
+        except NotARegularFileError:
+            raise self._foreign(f"its {MARKER_FILE} is not a regular file") from None
+        if marker is not None:
+            self._check_marker(marker)
+            return True
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not self._is_legacy_entry(entry):
+                    raise self._foreign(f"it holds {entry.name!r}")
+        return False
+
+    @staticmethod
+    def _is_legacy_entry(entry: os.DirEntry[str]) -> bool:
+        if entry.name.startswith(TEMP_PREFIX):
+            return entry.is_file(follow_symlinks=False)  # a crashed marker write
+        if not entry.is_dir(follow_symlinks=False):
+            return False
+        if entry.name in (TMP_DIR, TRASH_DIR):
+            return True
+        if not _RUN_DIR_NAME.fullmatch(entry.name):
+            return False
+        try:
+            mode = os.lstat(os.path.join(entry.path, RUN_ID_FILE)).st_mode
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(mode)
+
+    def _check_marker(self, marker: bytes) -> None:
+        lines = marker.decode("utf-8", "replace").splitlines()
+        version = lines[1].removeprefix("format ") if len(lines) > 1 else ""
+        if not lines or lines[0] != _MARKER_MAGIC or not version.isdigit():
+            raise self._foreign(f"its {MARKER_FILE} marker is not statestore's")
+        if int(version) > _MARKER_FORMAT:
+            raise ConfigError(
+                f"file store {self.directory} uses store format {version}; this "
+                f"statestore reads up to {_MARKER_FORMAT}: upgrade statestore"
+            )
+
+    def _foreign(self, why: str) -> ConfigError:
+        return ConfigError(
+            f"{self.directory} is not a statestore store ({why}); refusing to use a "
+            "directory with other content: name an empty or new directory"
+        )
+
+    def _writable(self) -> bool:
+        """False on a read-only mount or without write permission (also for root
+        without CAP_DAC_OVERRIDE: access() asks the kernel, which checks both)."""
+        if os.statvfs(self.directory).f_flag & os.ST_RDONLY:
+            return False
+        return os.access(self.directory, os.W_OK | os.X_OK)
+
     # ---------------------------------------------------------------- paths and locks
 
     def _run_dir(self, run_id: str) -> str:
@@ -267,11 +398,18 @@ class FileStorage(Storage):
         run_dir = self._run_dir(run_id)
         lock_path = os.path.join(run_dir, LOCK_FILE)
         while True:
+            if self._checked_run_dir(run_id) is None:
+                yield None
+                return
             try:
-                fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
                 yield None
                 return
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise _not_followed(lock_path, f"run {run_id!r}") from None
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
                 held = os.fstat(fd)
@@ -280,13 +418,36 @@ class FileStorage(Storage):
                 except FileNotFoundError:
                     continue  # dropped while we waited: look again
                 if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+                    self._checked_run_dir(run_id)  # as it is now that we hold the lock
                     yield run_dir
                     return
             finally:
                 os.close(fd)  # releases the lock
 
+    def _checked_run_dir(self, run_id: str) -> str | None:
+        """The run's directory, None if it does not exist; a link in its layout is refused.
+
+        The run directory, its packs and its savepoints must each be a real directory:
+        a planted link there would make a save write, and a prune delete, outside.
+        """
+        run_dir = self._run_dir(run_id)
+        whose = f"run {run_id!r}"
+        found = _is_real_dir(run_dir)
+        if found is None:
+            return None
+        if not found:
+            raise _not_followed(run_dir, whose)
+        for name in (PACKS_DIR, SAVEPOINTS_DIR):
+            path = os.path.join(run_dir, name)
+            if _is_real_dir(path) is False:
+                raise _not_followed(path, whose)
+        return run_dir
+
     def _read_token(self, run_id: str, run_dir: str) -> int:
-        data = _read(os.path.join(run_dir, WRITER_FILE))
+        try:
+            data = _read(os.path.join(run_dir, WRITER_FILE))
+        except NotARegularFileError:
+            data = None
         text = (data or b"").strip()
         if not text.isdigit():
             raise BackendError(f"run {run_id!r}: the writer token file in {run_dir} is damaged")
@@ -303,7 +464,10 @@ class FileStorage(Storage):
         for name in names:
             # A name from a damaged manifest must not become a path outside the run.
             if _BLOB_NAME.fullmatch(name):
-                data = _read(os.path.join(run_dir, PACKS_DIR, name))
+                try:
+                    data = _read(os.path.join(run_dir, PACKS_DIR, name))
+                except NotARegularFileError:
+                    continue  # a planted link is a missing pack: the savepoint is damaged
                 if data is not None:
                     packs[name] = data
         return packs
@@ -312,11 +476,12 @@ class FileStorage(Storage):
 
     def _create_run(self, run_id: str) -> None:
         final = self._run_dir(run_id)
-        if os.path.isdir(final):
+        if self._checked_run_dir(run_id) is not None:
             return
+        if os.path.lexists(final):  # a dangling link
+            raise _not_followed(final, f"run {run_id!r}")
         # Built aside and renamed into place, so a half-created run never appears.
-        staging = os.path.join(self.directory, TMP_DIR)
-        os.makedirs(staging, exist_ok=True)
+        staging = _own_dir(os.path.join(self.directory, TMP_DIR), f"run {run_id!r}")
         building = os.path.join(staging, secrets.token_hex(8))
         os.mkdir(building, 0o755)
         try:
@@ -337,15 +502,19 @@ class FileStorage(Storage):
             shutil.rmtree(building, ignore_errors=True)  # still there only if not renamed
 
     def _run_exists(self, run_id: str) -> bool:
-        return os.path.isdir(self._run_dir(run_id))
+        return self._checked_run_dir(run_id) is not None
 
     def _list_run_ids(self) -> list[str]:
         run_ids: list[str] = []
         with os.scandir(self.directory) as entries:
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_dir():
+                # A link is no run of ours, even one pointing at a run elsewhere.
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
                     continue
-                data = _read(os.path.join(entry.path, RUN_ID_FILE))
+                try:
+                    data = _read(os.path.join(entry.path, RUN_ID_FILE))
+                except NotARegularFileError:
+                    continue
                 if data is None:
                     continue  # not a run (or dropped while we looked)
                 try:
@@ -361,8 +530,7 @@ class FileStorage(Storage):
         with self._locked(run_id) as run_dir:
             if run_dir is None:
                 return
-            trash = os.path.join(self.directory, TRASH_DIR)
-            os.makedirs(trash, exist_ok=True)
+            trash = _own_dir(os.path.join(self.directory, TRASH_DIR), f"run {run_id!r}")
             doomed = os.path.join(trash, f"{os.path.basename(run_dir)}-{secrets.token_hex(8)}")
             os.rename(run_dir, doomed)  # the run is gone at once, whatever happens next
             _fsync_dir(self.directory)
@@ -390,7 +558,7 @@ class FileStorage(Storage):
                 if not _BLOB_NAME.fullmatch(name):
                     raise BackendError(f"run {run_id!r}: refusing blob name {name!r}")
             for name in record.refs:
-                if name not in record.blobs and not os.path.exists(os.path.join(packs_dir, name)):
+                if name not in record.blobs and not self._is_pack(packs_dir, name):
                     raise MissingBlobsError(run_id)
             for name, blob in record.blobs.items():
                 _write_file(packs_dir, name, blob, sync_dir=False)
@@ -398,12 +566,30 @@ class FileStorage(Storage):
                 _fsync_dir(packs_dir)  # packs durable before a savepoint names them
             savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
             file_name = savepoint_file_name(record.timestamp)
-            replacing = os.path.exists(os.path.join(savepoints_dir, file_name))
+            replacing = os.path.lexists(os.path.join(savepoints_dir, file_name))
             content = SavepointFile(record.manifest, record.refs, record.entity_count, record.size)
             # The rename inside is the commit point: before it, the old state stands.
             _write_file(savepoints_dir, file_name, encode_savepoint_file(record.timestamp, content))
             if replacing:
                 self._collect(run_id, run_dir)
+
+    @staticmethod
+    def _is_pack(packs_dir: str, name: str) -> bool:
+        """Whether the pack is stored, as a regular file (a link is not a pack)."""
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(packs_dir, name)).st_mode)
+        except FileNotFoundError:
+            return False
+
+    def _read_savepoint(self, run_id: str, path: str, timestamp: int) -> bytes | None:
+        """A savepoint file's bytes; a link or other non-file there is a damaged savepoint."""
+        try:
+            return _read(path)
+        except NotARegularFileError:
+            raise CorruptSavepointError(
+                f"run {run_id!r}: savepoint {timestamp} is corrupt: its file {path} is a "
+                "symbolic link or not a regular file (not followed)"
+            ) from None
 
     def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
         self._snapshot.packs = None
@@ -417,7 +603,8 @@ class FileStorage(Storage):
                 if not stamps:
                     return None
                 timestamp = stamps[-1]
-            data = _read(os.path.join(savepoints_dir, savepoint_file_name(timestamp)))
+            path = os.path.join(savepoints_dir, savepoint_file_name(timestamp))
+            data = self._read_savepoint(run_id, path, timestamp)
             if data is None:
                 return None
             found = decode_savepoint_file(run_id, timestamp, data)
@@ -432,7 +619,8 @@ class FileStorage(Storage):
             packs = snapshot[1]
             if all(name in packs for name in names):
                 return {name: packs[name] for name in names}
-        return self._read_packs(self._run_dir(run_id), names)
+        run_dir = self._checked_run_dir(run_id)
+        return {} if run_dir is None else self._read_packs(run_dir, names)
 
     def _index(self, run_id: str) -> list[SavepointInfo]:
         with self._locked(run_id, exclusive=False) as run_dir:
@@ -441,15 +629,17 @@ class FileStorage(Storage):
             savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
             rows: list[SavepointInfo] = []
             for timestamp in self._timestamps(savepoints_dir):
-                data = _read(os.path.join(savepoints_dir, savepoint_file_name(timestamp)))
-                if data is None:
-                    continue
+                path = os.path.join(savepoints_dir, savepoint_file_name(timestamp))
+                data: bytes | None = None
                 try:
+                    data = self._read_savepoint(run_id, path, timestamp)
+                    if data is None:
+                        continue
                     found = decode_savepoint_file(run_id, timestamp, data)
                 except CorruptSavepointError:
                     # Still listed, so it can be verified, skipped by a resuming run and
                     # pruned; reading it raises CorruptSavepointError.
-                    rows.append(SavepointInfo(timestamp, 0, len(data)))
+                    rows.append(SavepointInfo(timestamp, 0, len(data or b"")))
                 else:
                     rows.append(SavepointInfo(timestamp, found.entity_count, found.size))
             return rows
@@ -478,9 +668,10 @@ class FileStorage(Storage):
             if name.startswith(TEMP_PREFIX):
                 os.unlink(path)
             elif match := _SAVEPOINT_NAME.fullmatch(name):
-                data = _read(path) or b""
+                timestamp = int(match.group(1))
                 try:
-                    needed.update(decode_savepoint_file(run_id, int(match.group(1)), data).refs)
+                    data = self._read_savepoint(run_id, path, timestamp) or b""
+                    needed.update(decode_savepoint_file(run_id, timestamp, data).refs)
                 except CorruptSavepointError:
                     return  # cannot tell what a damaged savepoint needs: keep every pack
         packs_dir = os.path.join(run_dir, PACKS_DIR)
@@ -498,12 +689,13 @@ class FileStorage(Storage):
 
     def _clean_housekeeping(self) -> None:
         """Finish crashed drops (everything in .trash) and abandoned creates (old .tmp)."""
+        # Only real directories: a link planted as .trash or .tmp is never followed.
         trash = os.path.join(self.directory, TRASH_DIR)
-        if os.path.isdir(trash):
+        if _is_real_dir(trash):
             for name in os.listdir(trash):
                 _remove_tree(os.path.join(trash, name))
         staging = os.path.join(self.directory, TMP_DIR)
-        if os.path.isdir(staging):
+        if _is_real_dir(staging):
             cutoff = time.time() - ABANDONED_AFTER_SECONDS
             for name in os.listdir(staging):
                 path = os.path.join(staging, name)
