@@ -42,6 +42,13 @@ _DECIMAL = 9
 _UUID = 10
 _REGISTERED = 11
 
+#: Extension records (tuples, sets, dates, registered types...) nest at most this deep.
+#: Encoding refuses deeper values with EncodeError, so everything written reads back;
+#: decoding refuses deeper bytes, so hostile input cannot exhaust the stack. Values
+#: nested deeper than this could not be written by earlier releases in practice either
+#: (each level costs three Python frames of the interpreter's 1,000).
+MAX_DEPTH = 100
+
 # Everything ormsgpack would otherwise write in a lossy native form goes to `default`.
 _ORMSGPACK_OPTIONS = (
     ormsgpack.OPT_PASSTHROUGH_TUPLE
@@ -63,14 +70,18 @@ class _Registration:
 
 
 def _encode_tz(tz: dt.tzinfo | None, sample: dt.datetime | None) -> Any:
-    """A zone name for ZoneInfo (keeps DST rules), else a fixed UTC offset in microseconds."""
+    """A zone name for a named ZoneInfo (keeps DST rules), else a fixed UTC offset in
+    microseconds; a zone that gives neither is refused, never stored as naive."""
     if tz is None:
         return None
-    if isinstance(tz, ZoneInfo):
+    if isinstance(tz, ZoneInfo) and tz.key is not None:
         return tz.key
     offset = tz.utcoffset(None if isinstance(tz, dt.timezone) else sample)
-    if offset is None:
-        return None
+    if offset is None:  # a keyless ZoneInfo on a time, a tzinfo without an offset
+        raise EncodeError(
+            f"time zone {tz!r} has no name and no fixed offset here; use a named "
+            "ZoneInfo or datetime.timezone"
+        )
     return offset // dt.timedelta(microseconds=1)
 
 
@@ -90,7 +101,9 @@ class SafeCodec:
     Round-trips exactly: ``None, bool, int`` (any size), ``float`` (nan, inf),
     ``str, bytes, list, tuple, dict`` (any hashable keys), ``set, frozenset,
     datetime, date, time, timedelta, Decimal, UUID``, nested freely. An aware
-    datetime keeps its offset (or its ``ZoneInfo`` zone). Any other type, including
+    datetime keeps its offset (or its named ``ZoneInfo`` zone; a ``ZoneInfo`` without a
+    key, from ``ZoneInfo.from_file``, keeps its offset at that instant as a fixed zone,
+    and a zone that has no offset is refused). Any other type, including
     subclasses of the types above, raises :class:`~statestore.errors.EncodeError`
     unless registered::
 
@@ -129,25 +142,17 @@ class SafeCodec:
 
     def encode(self, value: object) -> bytes:
         try:
-            packed: bytes = ormsgpack.packb(
-                value, default=self._to_ormsgpack_ext, option=_ORMSGPACK_OPTIONS
-            )
+            return _Writer(self, fast=True).pack(value)
         except EncodeError:
             raise
         except (TypeError, ormsgpack.MsgpackEncodeError, RecursionError, OverflowError):
             pass  # e.g. a dict with non-str keys: the reference binding writes those
-        else:
-            return packed
         try:
-            packed = self._packer().pack(value)
+            return _Writer(self, fast=False).pack(value)
         except EncodeError:
             raise
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise EncodeError(f"cannot encode {type(value).__name__}: {exc}") from None
-        return packed
-
-    def _packer(self) -> msgpack.Packer:
-        return msgpack.Packer(default=self._to_msgpack_ext, strict_types=True, use_bin_type=True)
 
     def _ext_payload(self, value: Any, pack: Callable[[Any], bytes]) -> tuple[int, bytes]:
         cls = type(value)
@@ -182,68 +187,113 @@ class SafeCodec:
             "SafeCodec.register() or use another codec"
         )
 
-    def _pack_fast(self, value: Any) -> bytes:
-        packed: bytes = ormsgpack.packb(
-            value, default=self._to_ormsgpack_ext, option=_ORMSGPACK_OPTIONS
-        )
-        return packed
-
-    def _to_ormsgpack_ext(self, value: Any) -> ormsgpack.Ext:
-        code, payload = self._ext_payload(value, self._pack_fast)
-        return ormsgpack.Ext(code, payload)
-
-    def _to_msgpack_ext(self, value: Any) -> msgpack.ExtType:
-        code, payload = self._ext_payload(value, self._packer().pack)
-        return msgpack.ExtType(code, payload)
-
     # -- decoding -------------------------------------------------------------------
 
     def decode(self, data: bytes | memoryview) -> object:
-        """Decode one value; raises ``ValueError`` (or another exception) on bad bytes."""
+        """Decode one value; raises ``ValueError`` (or another exception) on bad bytes.
+
+        One decoder reads the whole value, nested extension records included: ormsgpack
+        first, and when it refuses anything (an extension-typed map key, say) msgpack
+        once for the whole value. Retrying per nesting level would double the work at
+        every level, exponential in the depth; this is at most two linear passes.
+        """
         try:
-            return ormsgpack.unpackb(
-                data, ext_hook=self._from_ext, option=ormsgpack.OPT_NON_STR_KEYS
-            )
+            return _Reader(self, fast=True).unpack(data)
         except (ValueError, TypeError, ormsgpack.MsgpackDecodeError):
-            # ormsgpack refuses extension-typed map keys (a tuple key); msgpack takes them.
-            return self._unpack_reference(data)
+            return _Reader(self, fast=False).unpack(data)
 
-    def _unpack_reference(self, data: bytes | memoryview) -> object:
-        return msgpack.unpackb(
-            data, ext_hook=self._from_ext, strict_map_key=False, raw=False, use_list=True
-        )
-
-    def _unpack_inner(self, data: bytes) -> Any:
-        return self.decode(data)
-
-    def _from_ext(self, code: int, payload: bytes) -> Any:
+    def _from_ext(self, code: int, payload: bytes, unpack: Callable[[bytes], Any]) -> Any:
         if code == _TUPLE:
-            return tuple(self._unpack_inner(payload))
+            return tuple(unpack(payload))
         if code == _BIGINT:
             return int.from_bytes(payload, "big", signed=True)
         if code == _SET:
-            return set(self._unpack_inner(payload))
+            return set(unpack(payload))
         if code == _FROZENSET:
-            return frozenset(self._unpack_inner(payload))
+            return frozenset(unpack(payload))
         if code == _DATETIME:
-            y, mo, d, h, mi, s, us, fold, tz = self._unpack_inner(payload)
+            y, mo, d, h, mi, s, us, fold, tz = unpack(payload)
             return dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
         if code == _DATE:
-            return dt.date(*self._unpack_inner(payload))
+            return dt.date(*unpack(payload))
         if code == _TIME:
-            h, mi, s, us, fold, tz = self._unpack_inner(payload)
+            h, mi, s, us, fold, tz = unpack(payload)
             return dt.time(h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
         if code == _TIMEDELTA:
-            days, seconds, micros = self._unpack_inner(payload)
+            days, seconds, micros = unpack(payload)
             return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
         if code == _DECIMAL:
             return Decimal(bytes(payload).decode())
         if code == _UUID:
             return uuid.UUID(bytes=bytes(payload))
         if code == _REGISTERED:
-            name, primitive = self._unpack_inner(payload)
+            name, primitive = unpack(payload)
             registration = self._by_name.get(name)
             if registration is None:
                 raise ValueError(f"stored value has unregistered type {name!r}")
             return registration.from_primitive(primitive)
         raise ValueError(f"unknown extension code {code}")
+
+
+class _Writer:
+    """One encoder for one top-level value, counting extension nesting against MAX_DEPTH."""
+
+    __slots__ = ("codec", "depth", "fast")
+
+    def __init__(self, codec: SafeCodec, *, fast: bool) -> None:
+        self.codec = codec
+        self.fast = fast
+        self.depth = 0
+
+    def pack(self, value: Any) -> bytes:
+        if self.depth >= MAX_DEPTH:
+            raise EncodeError(
+                f"values nested deeper than {MAX_DEPTH} levels of tuples, sets, dates or "
+                "registered types cannot be stored"
+            )
+        self.depth += 1
+        try:
+            if self.fast:
+                packed: bytes = ormsgpack.packb(
+                    value, default=self._ormsgpack_ext, option=_ORMSGPACK_OPTIONS
+                )
+                return packed
+            packer = msgpack.Packer(default=self._msgpack_ext, strict_types=True, use_bin_type=True)
+            return bytes(packer.pack(value))
+        finally:
+            self.depth -= 1
+
+    def _ormsgpack_ext(self, value: Any) -> ormsgpack.Ext:
+        return ormsgpack.Ext(*self.codec._ext_payload(value, self.pack))
+
+    def _msgpack_ext(self, value: Any) -> msgpack.ExtType:
+        return msgpack.ExtType(*self.codec._ext_payload(value, self.pack))
+
+
+class _Reader:
+    """One decoder for one top-level value, counting extension nesting against MAX_DEPTH."""
+
+    __slots__ = ("codec", "depth", "fast")
+
+    def __init__(self, codec: SafeCodec, *, fast: bool) -> None:
+        self.codec = codec
+        self.fast = fast
+        self.depth = 0
+
+    def unpack(self, data: bytes | memoryview) -> Any:
+        if self.depth >= MAX_DEPTH:
+            raise ValueError(f"extension records nested deeper than {MAX_DEPTH} levels")
+        self.depth += 1
+        try:
+            if self.fast:
+                return ormsgpack.unpackb(
+                    data, ext_hook=self._ext, option=ormsgpack.OPT_NON_STR_KEYS
+                )
+            return msgpack.unpackb(
+                data, ext_hook=self._ext, strict_map_key=False, raw=False, use_list=True
+            )
+        finally:
+            self.depth -= 1
+
+    def _ext(self, code: int, payload: bytes) -> Any:
+        return self.codec._from_ext(code, payload, self.unpack)
