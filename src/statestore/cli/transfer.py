@@ -76,8 +76,23 @@ def export(args: argparse.Namespace, out: Output) -> int:
         out.line(
             f"exported run {result.run_id!r}: {result.savepoints} savepoint(s), "
             f"{format_size(result.state_bytes)} of states, to {args.file} ({format_size(size)})"
+            f"{_upto(result)}"
         )
+        _note_skipped(out, result)
     return EXIT_OK
+
+
+def _upto(result: ops.TransferResult) -> str:
+    """Which savepoint the moved run ends with: the source's latest when it was read."""
+    return "" if result.latest is None else f", latest {result.latest}"
+
+
+def _note_skipped(out: Output, result: ops.TransferResult) -> None:
+    if result.skipped:
+        out.line(
+            f"note: run {result.run_id!r}: {result.skipped} older savepoint(s) were pruned in "
+            "the source while it was read and are not included"
+        )
 
 
 def import_(args: argparse.Namespace, out: Output) -> int:
@@ -86,8 +101,8 @@ def import_(args: argparse.Namespace, out: Output) -> int:
         raise CliError(f"no archive at {args.file}")
     with open_store(args.url, create=True) as storage, out.progress("importing") as progress:
         result = ops.import_run(storage, args.file, replace=args.replace, progress=progress)
-    if args.json:
-        out.json(dataclasses.asdict(result))
+    if args.json:  # an import never skips: its result is the whole archive
+        out.json({k: getattr(result, k) for k in ("run_id", "savepoints", "state_bytes")})
     else:
         out.line(
             f"imported run {result.run_id!r}: {result.savepoints} savepoint(s), "
@@ -113,8 +128,9 @@ def copy(args: argparse.Namespace, out: Output) -> int:
     for result in results:
         out.line(
             f"copied run {result.run_id!r}: {result.savepoints} savepoint(s), "
-            f"{format_size(result.state_bytes)} of states"
+            f"{format_size(result.state_bytes)} of states{_upto(result)}"
         )
+        _note_skipped(out, result)
     total = sum(result.savepoints for result in results)
     out.line(
         f"{len(results)} run(s), {total} savepoint(s) copied from {redact_url(args.source)} "
