@@ -78,9 +78,7 @@ def test_copy_of_a_run_being_pruned_always_holds_its_latest(tmp_path: Path, back
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_export_of_a_run_being_pruned_always_holds_its_latest(
-    tmp_path: Path, backend: str
-) -> None:
+def test_export_of_a_run_being_pruned_always_holds_its_latest(tmp_path: Path, backend: str) -> None:
     src = store_url(tmp_path, backend, "src")
     with pruning_writer(src):
         for round_ in range(ROUNDS * 2):  # export reads right after it lists: rounds
