@@ -22,6 +22,7 @@ import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from ..errors import (
     ConfigError,
@@ -57,15 +58,17 @@ class TransferResult:
 def export_run(
     storage: Storage,
     run_id: str,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | IO[bytes],
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> TransferResult:
     """Write every savepoint of a run to an archive file (see :mod:`statestore.ops.archive`).
 
-    Refuses an existing ``path`` unless ``overwrite``. A damaged savepoint stops the
-    export (CorruptSavepointError) and leaves no file behind.
+    Refuses an existing ``path`` unless ``overwrite``, and anything there that is not a
+    regular file (a device, directory, FIFO or symlink) even then. A damaged savepoint
+    stops the export (CorruptSavepointError) and leaves no file behind. ``path`` may be
+    a binary stream instead, written as it goes.
     """
     run_id = require_run(storage, run_id)
     state_bytes = 0
