@@ -195,6 +195,60 @@ def test_prune_usage_errors(filled: str, args: list[str]) -> None:
     assert snapshot(filled) == before
 
 
+def _counts(url: str) -> dict[str, int]:
+    return {run_id: len(savepoints) for run_id, savepoints in snapshot(url).items()}
+
+
+@pytest.mark.parametrize("which", [["sensor-fleet"], ["--all"]])
+def test_prune_keep_0_refuses_without_yes_when_nobody_can_confirm(
+    filled: str, which: list[str]
+) -> None:
+    before = snapshot(filled)
+    line = assert_one_line_error(run_cli("prune", *which, "--keep", "0", "--url", filled), 2)
+    assert "--yes" in line
+    assert "--keep 0" in line
+    assert snapshot(filled) == before
+    dry = run_cli("prune", *which, "--keep", "0", "--dry-run", "--url", filled)
+    assert dry.returncode == 0, dry.stderr  # a dry run deletes nothing: no question
+    assert snapshot(filled) == before
+    assert run_cli("prune", *which, "--keep", "1", "--url", filled).returncode == 0  # no ask
+
+
+def test_prune_keep_0_with_yes(filled: str) -> None:
+    result = run_cli("prune", "sensor-fleet", "--keep", "0", "--yes", "--url", filled)
+    assert result.returncode == 0, result.stderr
+    assert _counts(filled) == {"sensor-fleet": 0, "billing/2024": 2}
+
+
+def _prune_on_a_terminal(url: str, answer: bytes) -> subprocess.CompletedProcess[str]:
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, answer)
+        env = {k: v for k, v in os.environ.items() if k != "STATESTORE_URL"}
+        return subprocess.run(
+            [sys.executable, "-m", "statestore", "prune", "--all", "--keep", "0", "--url", url],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+
+
+def test_prune_keep_0_asks_on_a_terminal(filled: str) -> None:
+    declined = _prune_on_a_terminal(filled, b"n\n")
+    assert declined.returncode == 1
+    assert "delete every savepoint of 2 runs (6 savepoint(s))" in declined.stderr
+    assert _counts(filled) == {run_id: len(ts) for run_id, ts in RUNS.items()}
+    accepted = _prune_on_a_terminal(filled, b"y\n")
+    assert accepted.returncode == 0, accepted.stderr
+    assert _counts(filled) == dict.fromkeys(RUNS, 0)
+
+
 # ------------------------------------------------------------------ delete
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -315,3 +316,94 @@ def test_archive_refuses_out_of_order_and_unknown_runs(tmp_path: Path) -> None:
         assert ops.import_run(target, tmp_path / "e.ssa").run_id == "empty"
         assert target.is_initialized("empty")
         assert target.list_savepoints("empty") == []
+
+
+# ------------------------------------------------------------------ what export may replace
+
+
+def _not_regular_targets(tmp_path: Path) -> dict[str, Path]:
+    """Names that are not regular files: a FIFO, a directory, symlinks (to a file, to a
+    device, dangling). Nothing outside tmp_path is changed by making them."""
+    targets = {"fifo": tmp_path / "fifo", "directory": tmp_path / "dir"}
+    os.mkfifo(targets["fifo"])
+    targets["directory"].mkdir()
+    (targets["directory"] / "inside").write_bytes(b"kept")
+    (tmp_path / "precious").write_bytes(b"precious")
+    for name, to in [
+        ("link-to-file", tmp_path / "precious"),
+        ("link-to-device", Path("/dev/null")),
+        ("dangling-link", tmp_path / "nowhere"),
+    ]:
+        targets[name] = tmp_path / name
+        targets[name].symlink_to(to)
+    return targets
+
+
+def test_export_replaces_only_a_regular_file_even_with_force(tmp_path: Path) -> None:
+    url = store_url(tmp_path, "sqlite")
+    fill(url)
+    before = {p.name: os.lstat(p) for p in tmp_path.iterdir()}
+    for kind, target in _not_regular_targets(tmp_path).items():
+        line = assert_one_line_error(
+            run_cli("export", "sensor-fleet", str(target), "--url", url, "--force"), 1
+        )
+        assert "not a regular file" in line, (kind, line)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
+    assert (tmp_path / "dir" / "inside").read_bytes() == b"kept"
+    assert (tmp_path / "precious").read_bytes() == b"precious"
+    assert not (tmp_path / "nowhere").exists()
+    for name in ("link-to-file", "link-to-device", "dangling-link"):
+        assert (tmp_path / name).is_symlink()
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    assert {p.name for p in tmp_path.iterdir()} - set(before) == {
+        "fifo",
+        "dir",
+        "precious",
+        "link-to-file",
+        "link-to-device",
+        "dangling-link",
+    }
+
+
+def test_export_never_replaces_a_device(tmp_path: Path) -> None:
+    """A character device (a /dev/null made inside tmp_path, so that a regression can
+    only ever replace a node of its own): refused even with --force, and stays a device.
+    Run as root, the old code renamed the archive over the device node."""
+    url = store_url(tmp_path, "sqlite")
+    fill(url)
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("cannot make a device node here (not root)")
+    line = assert_one_line_error(
+        run_cli("export", "sensor-fleet", str(device), "--url", url, "--force"), 1
+    )
+    assert "character device" in line
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_export_to_standard_output(tmp_path: Path) -> None:
+    src, dst = store_url(tmp_path, "sqlite", "src"), store_url(tmp_path, "file", "dst")
+    saved = fill(src)
+    archive = tmp_path / "piped.ssa"
+    with archive.open("wb") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "statestore", "export", "sensor-fleet", "-", "--url", src],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,  # where a file named '-' would appear
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "exported run 'sensor-fleet': 4 savepoint(s)" in result.stderr
+    assert not (tmp_path / "-").exists()
+    assert run_cli("import", str(archive), "--url", dst).returncode == 0
+    assert snapshot(dst) == {"sensor-fleet": saved["sensor-fleet"]}
+    json_to_stdout = run_cli("export", "sensor-fleet", "-", "--url", src, "--json", cwd=tmp_path)
+    assert_one_line_error(json_to_stdout, 2)

@@ -29,6 +29,9 @@ def register(commands: Commands) -> None:
         "delete all but the newest N savepoints of a run (or of every run)",
         "statestore prune sensor-fleet --keep 3 --dry-run\nstatestore prune --all --keep 1",
         prune,
+        description="Delete all but the newest N savepoints of a run (or of every run with "
+        "--all). --keep 0 deletes every savepoint, so like `delete` it asks first on a "
+        "terminal and otherwise refuses unless --yes; --dry-run never asks.",
     )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("run", metavar="RUN", nargs="?", help="the run id")
@@ -38,6 +41,9 @@ def register(commands: Commands) -> None:
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="only show what would go and the space it frees"
+    )
+    parser.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask before --keep 0 deletes everything"
     )
     parser = commands.add(
         "delete",
@@ -107,6 +113,8 @@ def prune(args: argparse.Namespace, out: Output) -> int:
             plans = ops.plan_prune_all(storage, args.keep)
         else:
             plans = [ops.plan_prune(storage, args.run, args.keep)]
+        if args.keep == 0 and not args.dry_run and not args.yes:
+            _confirm_prune_everything(args, out, plans)
         if not args.dry_run:
             for plan in plans:
                 if plan.delete:
@@ -145,6 +153,26 @@ def prune(args: argparse.Namespace, out: Output) -> int:
             "(run `statestore compact` to give the space back to the operating system)"
         )
     return EXIT_OK
+
+
+def _confirm_prune_everything(
+    args: argparse.Namespace, out: Output, plans: list[ops.PrunePlan]
+) -> None:
+    """``--keep 0`` empties runs: ask as ``delete`` does (refuse when nobody can answer)."""
+    doomed = [plan for plan in plans if plan.delete]
+    if not doomed:
+        return
+    runs = f"run {doomed[0].run_id!r}" if len(doomed) == 1 else f"{len(doomed)} runs"
+    count = sum(len(plan.delete) for plan in doomed)
+    if not sys.stdin.isatty():
+        raise CliError(
+            f"refusing to delete every savepoint of {runs} (--keep 0) without --yes "
+            "(stdin is not a terminal, so nobody can confirm)",
+            EXIT_USAGE,
+        )
+    question = f"delete every savepoint of {runs} ({count} savepoint(s)) in {redact_url(args.url)}?"
+    if not out.confirm(question):
+        raise CliError(f"nothing pruned from {runs}", EXIT_ERROR)
 
 
 def _span(timestamps: list[int]) -> str:

@@ -6,10 +6,11 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import sys
 
 from .. import ops
 from ..storage import redact_url
-from ._common import EXIT_OK, CliError, Commands, open_store
+from ._common import EXIT_OK, EXIT_USAGE, CliError, Commands, open_store
 from .output import Output, format_size
 
 __all__ = ["register"]
@@ -24,11 +25,15 @@ def register(commands: Commands) -> None:
         export,
         description="Write every savepoint of a run to one archive file: the encoded states "
         "exactly as stored, every frame checksummed (SHA-256). Refuses to overwrite FILE "
-        "unless --force; the file appears only once complete.",
+        "unless --force, and never replaces anything but a regular file (a device, "
+        "directory, FIFO or symlink is refused); the file appears only once complete. "
+        "FILE '-' writes the archive to standard output.",
     )
     parser.add_argument("run", metavar="RUN", help="the run id")
-    parser.add_argument("file", metavar="FILE", help="the archive to write")
-    parser.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    parser.add_argument("file", metavar="FILE", help="the archive to write ('-': standard output)")
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite FILE if it is an existing regular file"
+    )
     parser = commands.add(
         "import",
         "import a run from an archive file (the run keeps its id)",
@@ -64,7 +69,9 @@ def register(commands: Commands) -> None:
 
 
 def export(args: argparse.Namespace, out: Output) -> int:
-    """``statestore export RUN FILE``."""
+    """``statestore export RUN FILE`` (``-``: standard output)."""
+    if args.file == "-":
+        return _export_to_stdout(args, out)
     with open_store(args.url) as storage, out.progress(f"exporting {args.run}") as progress:
         result = ops.export_run(
             storage, args.run, args.file, overwrite=args.force, progress=progress
@@ -76,8 +83,43 @@ def export(args: argparse.Namespace, out: Output) -> int:
         out.line(
             f"exported run {result.run_id!r}: {result.savepoints} savepoint(s), "
             f"{format_size(result.state_bytes)} of states, to {args.file} ({format_size(size)})"
+            f"{_upto(result)}"
         )
+        _note_skipped(out, result)
     return EXIT_OK
+
+
+def _export_to_stdout(args: argparse.Namespace, out: Output) -> int:
+    """The archive goes to stdout, so what was exported is said on stderr (never --json)."""
+    if args.json:
+        raise CliError("--json cannot be used with FILE '-' (the archive is stdout)", EXIT_USAGE)
+    if sys.stdout.isatty():
+        raise CliError(
+            "refusing to write an archive to a terminal; redirect stdout (or name a FILE)",
+            EXIT_USAGE,
+        )
+    with open_store(args.url) as storage:
+        result = ops.export_run(storage, args.run, sys.stdout.buffer)
+    sys.stdout.flush()
+    print(
+        f"exported run {result.run_id!r}: {result.savepoints} savepoint(s), "
+        f"{format_size(result.state_bytes)} of states, to standard output{_upto(result)}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _upto(result: ops.TransferResult) -> str:
+    """Which savepoint the moved run ends with: the source's latest when it was read."""
+    return "" if result.latest is None else f", latest {result.latest}"
+
+
+def _note_skipped(out: Output, result: ops.TransferResult) -> None:
+    if result.skipped:
+        out.line(
+            f"note: run {result.run_id!r}: {result.skipped} older savepoint(s) were pruned in "
+            "the source while it was read and are not included"
+        )
 
 
 def import_(args: argparse.Namespace, out: Output) -> int:
@@ -86,8 +128,8 @@ def import_(args: argparse.Namespace, out: Output) -> int:
         raise CliError(f"no archive at {args.file}")
     with open_store(args.url, create=True) as storage, out.progress("importing") as progress:
         result = ops.import_run(storage, args.file, replace=args.replace, progress=progress)
-    if args.json:
-        out.json(dataclasses.asdict(result))
+    if args.json:  # an import never skips: its result is the whole archive
+        out.json({k: getattr(result, k) for k in ("run_id", "savepoints", "state_bytes")})
     else:
         out.line(
             f"imported run {result.run_id!r}: {result.savepoints} savepoint(s), "
@@ -113,8 +155,9 @@ def copy(args: argparse.Namespace, out: Output) -> int:
     for result in results:
         out.line(
             f"copied run {result.run_id!r}: {result.savepoints} savepoint(s), "
-            f"{format_size(result.state_bytes)} of states"
+            f"{format_size(result.state_bytes)} of states{_upto(result)}"
         )
+        _note_skipped(out, result)
     total = sum(result.savepoints for result in results)
     out.line(
         f"{len(results)} run(s), {total} savepoint(s) copied from {redact_url(args.source)} "

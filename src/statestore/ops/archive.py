@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import stat
 import struct
 import time
 from collections.abc import Iterator
@@ -65,29 +66,60 @@ class ArchiveWriter:
     """Write an archive atomically: ``add`` each savepoint, then ``commit``.
 
     Leaving the ``with`` block without ``commit`` (or by an exception) removes the
-    temporary file and leaves any existing file at ``path`` untouched.
+    temporary file and leaves any existing file at ``path`` untouched. Only a regular
+    file is ever replaced (never a device, directory, FIFO or symlink). ``path`` may
+    instead be a binary stream (``statestore export RUN -``: standard output), written
+    as it goes.
     """
 
-    def __init__(self, path: str | os.PathLike[str], run_id: str, *, overwrite: bool) -> None:
-        self.path = os.path.abspath(os.fspath(path))
+    def __init__(
+        self, path: str | os.PathLike[str] | IO[bytes], run_id: str, *, overwrite: bool
+    ) -> None:
         self.run_id = _validate.run_id(run_id)
         self.overwrite = overwrite
         self.savepoints = 0
         self.bytes_written = 0
         self._chain = hashlib.sha256()
         self._compressor = zstandard.ZstdCompressor(level=3)
-        self._refuse_existing()
-        directory, name = os.path.split(self.path)
-        self._temp = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(6)}")
         self._file: IO[bytes] | None = None
-        with self._io("create"):
-            self._file = open(self._temp, "xb")  # noqa: SIM115 - closed by commit/abort
+        self._temp: str | None = None
+        if isinstance(path, (str, os.PathLike)):
+            self.path = os.path.abspath(os.fspath(path))
+            self._refuse_existing()
+            directory, name = os.path.split(self.path)
+            self._temp = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(6)}")
+            with self._io("create"):
+                self._file = open(self._temp, "xb")  # noqa: SIM115 - closed by commit/abort
+        else:  # a stream (standard output): written as it goes, nothing to rename
+            self.path = str(getattr(path, "name", "<stream>"))
+            self._file = path
+        with self._io("write"):
             self._file.write(MAGIC + bytes([VERSION]))
         self.bytes_written = len(MAGIC) + 1
         self._frame({"kind": "header", "run_id": self.run_id, "exported_at": _now_ms()})
 
     def _refuse_existing(self) -> None:
-        if not self.overwrite and os.path.lexists(self.path):
+        """Only a regular file may be replaced, and only with ``overwrite``.
+
+        ``lstat``, not ``stat``: the archive is renamed over the name itself, so a
+        symlink, a device (``/dev/full``), a FIFO or a directory there would be replaced
+        or written through, touching what is not the archive's. Those are refused even
+        with ``overwrite``.
+        """
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise BackendError(
+                f"archive {self.path}: cannot look at it: {exc.strerror or exc}"
+            ) from None
+        if not stat.S_ISREG(mode):
+            raise InvalidArgumentError(
+                f"{self.path} exists and is {_kind(mode)}, not a regular file; an archive "
+                "only replaces a regular file (even with --force / overwrite=True)"
+            )
+        if not self.overwrite:
             raise InvalidArgumentError(
                 f"{self.path} exists; refusing to overwrite it (use --force / overwrite=True)"
             )
@@ -130,9 +162,18 @@ class ArchiveWriter:
         self.savepoints += 1
 
     def commit(self) -> None:
-        """Write the end frame, make the file durable and move it into place."""
+        """Write the end frame, make the file durable and move it into place.
+
+        A stream is only flushed: an archive cut short on a stream (an error, a crash)
+        has no end frame, so importing it fails as truncated.
+        """
         self._frame({"kind": "end", "savepoints": self.savepoints, "chain": self._chain.digest()})
         assert self._file is not None
+        if self._temp is None:
+            with self._io("write"):
+                self._file.flush()
+            self._file = None
+            return
         with self._io("write"):
             self._file.flush()
             os.fsync(self._file.fileno())
@@ -147,7 +188,10 @@ class ArchiveWriter:
                 os.close(directory)
 
     def abort(self) -> None:
-        """Drop the temporary file; the target is untouched."""
+        """Drop the temporary file; the target is untouched (a stream is left open)."""
+        if self._temp is None:
+            self._file = None
+            return
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -164,6 +208,19 @@ class ArchiveWriter:
         traceback: TracebackType | None,
     ) -> None:
         self.abort()
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, for the message refusing to replace it."""
+    kinds = [
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "something else")
 
 
 class ArchiveReader:

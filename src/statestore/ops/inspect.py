@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import CorruptSavepointError, NoSavepointError
-from ..storage import Savepoint, Storage, _validate
+from ..errors import BackendError, CorruptSavepointError, NoSavepointError
+from ..storage import Savepoint, SavepointInfo, Storage, _validate
+from ..storage._layout import Manifest
 from ._common import require_run, savepoint_data_size
 from ._stored import COMPRESSED, read_manifest
 
@@ -103,42 +104,81 @@ def run_summaries(storage: Storage) -> list[RunSummary]:
     return summaries
 
 
+#: How often :func:`run_stats` lists a run again when a prune removed its newest
+#: savepoint between the listing and the reading.
+STATS_ATTEMPTS = 20
+
+
 def run_stats(storage: Storage, run_id: str, *, top: int = 10) -> RunStats:
     """Sizes of a run: per savepoint, growth between them, the ``top`` biggest entities.
 
     Reads manifests only, never states. Raises NoSavepointError for an unknown run and
-    CorruptSavepointError when a manifest is damaged.
+    CorruptSavepointError when a manifest is damaged. A run being pruned meanwhile is
+    described as it is after the prune: a savepoint that vanished since the listing is
+    left out, and the listing is taken again when the newest one vanished.
     """
     run_id = require_run(storage, run_id)
     top = _validate.keep_n(top)
-    rows = storage.list_savepoints(run_id)
-    savepoints: list[SavepointStats] = []
-    biggest: list[EntitySize] = []
-    entity_count = 0
-    previous: int | None = None
+    for _attempt in range(STATS_ATTEMPTS):
+        rows = storage.list_savepoints(run_id)
+        found = _read_manifests(storage, run_id, rows)
+        if not rows or rows[-1].timestamp in found:
+            return _stats(run_id, rows, found, top)
+    raise BackendError(
+        f"run {run_id!r}: its newest savepoint was pruned before it could be read, "
+        f"{STATS_ATTEMPTS} times in a row; try again"
+    )
+
+
+def _read_manifests(
+    storage: Storage, run_id: str, rows: list[SavepointInfo]
+) -> dict[int, tuple[Manifest, int]]:
+    """Each listed savepoint's manifest and its size; one pruned meanwhile is left out."""
+    found = {}
     for row in rows:
-        manifest, _size = read_manifest(storage, run_id, row.timestamp)
+        try:
+            found[row.timestamp] = read_manifest(storage, run_id, row.timestamp)
+        except NoSavepointError:
+            continue
+    return found
+
+
+def _stats(
+    run_id: str, rows: list[SavepointInfo], found: dict[int, tuple[Manifest, int]], top: int
+) -> RunStats:
+    """The statistics of the listed savepoints still there (``found``: manifests read)."""
+    present = [row for row in rows if row.timestamp in found]
+    savepoints: list[SavepointStats] = []
+    previous: int | None = None
+    packs: dict[str, int] = {}
+    size = 0
+    for row in present:
+        manifest, manifest_size = found[row.timestamp]
         state_bytes = sum(manifest.raw_lengths)
         growth = None if previous is None else state_bytes - previous
         savepoints.append(
             SavepointStats(row.timestamp, row.entity_count, row.size, state_bytes, growth)
         )
         previous = state_bytes
-        if row is rows[-1]:
-            entity_count = len(manifest.ids)
-            sizes = [
-                EntitySize(entity_id, raw, stored, bool(flags & COMPRESSED))
-                for entity_id, raw, stored, flags in zip(
-                    manifest.ids,
-                    manifest.raw_lengths,
-                    manifest.lengths,
-                    manifest.flags,
-                    strict=True,
-                )
-            ]
-            biggest = sorted(sizes, key=lambda e: (-e.encoded, e.entity_id))[:top]
-    size = savepoint_data_size(storage, run_id, [row.timestamp for row in rows])
-    return RunStats(run_id, size, savepoints, biggest, entity_count)
+        size += manifest_size  # as savepoint_data_size counts: a shared pack once
+        packs.update(zip(manifest.packs, manifest.pack_sizes, strict=True))
+    if not present:
+        return RunStats(run_id, 0, [], [], 0)
+    latest = found[present[-1].timestamp][0]
+    return RunStats(
+        run_id, size + sum(packs.values()), savepoints, _biggest(latest, top), len(latest.ids)
+    )
+
+
+def _biggest(manifest: Manifest, top: int) -> list[EntitySize]:
+    """The ``top`` entities of a savepoint with the largest encoded states."""
+    sizes = [
+        EntitySize(entity_id, raw, stored, bool(flags & COMPRESSED))
+        for entity_id, raw, stored, flags in zip(
+            manifest.ids, manifest.raw_lengths, manifest.lengths, manifest.flags, strict=True
+        )
+    ]
+    return sorted(sizes, key=lambda e: (-e.encoded, e.entity_id))[:top]
 
 
 def load_savepoint(storage: Storage, run_id: str, timestamp: int | None = None) -> Savepoint:

@@ -7,14 +7,22 @@ run unless ``replace``, save every savepoint in ascending order, read each back 
 compare it with what was meant to be written, and with ``replace`` delete the
 savepoints the run had that the source does not. Every check on the input happens
 before anything is written.
+
+A run may be written while it is moved: a writer that prunes can delete the savepoints
+listed a moment ago. So the latest savepoint is read first, in one consistent read, and
+always moved (last); older ones are read after it, and one pruned meanwhile is skipped
+and counted in ``TransferResult.skipped``. The moved run therefore always ends with the
+savepoint that was the source's latest when it was read, never with none of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from ..errors import (
     ConfigError,
@@ -33,43 +41,89 @@ __all__ = ["TransferResult", "copy_runs", "export_run", "import_run"]
 
 @dataclass(frozen=True)
 class TransferResult:
-    """One run moved: how many savepoints, and how many bytes of encoded states."""
+    """One run moved: how many savepoints, and how many bytes of encoded states.
+
+    ``skipped`` counts older savepoints pruned in the source while the run was read (the
+    source's latest savepoint is never among them); ``latest`` is the timestamp of the
+    newest savepoint moved, None for a run without savepoints.
+    """
 
     run_id: str
     savepoints: int
     state_bytes: int
+    skipped: int = 0
+    latest: int | None = None
 
 
 def export_run(
     storage: Storage,
     run_id: str,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | IO[bytes],
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> TransferResult:
     """Write every savepoint of a run to an archive file (see :mod:`statestore.ops.archive`).
 
-    Refuses an existing ``path`` unless ``overwrite``. A damaged savepoint stops the
-    export (CorruptSavepointError) and leaves no file behind.
+    Refuses an existing ``path`` unless ``overwrite``, and anything there that is not a
+    regular file (a device, directory, FIFO or symlink) even then. A damaged savepoint
+    stops the export (CorruptSavepointError) and leaves no file behind. ``path`` may be
+    a binary stream instead, written as it goes.
     """
     run_id = require_run(storage, run_id)
-    rows = storage.list_savepoints(run_id)
     state_bytes = 0
     with ArchiveWriter(path, run_id, overwrite=overwrite) as writer:
+        snapshot = _Snapshot(storage, run_id)
         if progress is not None:
-            progress(0, len(rows))
-        for done, row in enumerate(rows, start=1):
-            try:
-                stored = read_stored(storage, run_id, row.timestamp)
-            except NoSavepointError:
-                continue  # pruned since it was listed
+            progress(0, snapshot.total)
+        for stored in snapshot:
             writer.add(stored)
             state_bytes += _state_bytes(stored)
             if progress is not None:
-                progress(done, len(rows))
+                progress(writer.savepoints, max(snapshot.total, writer.savepoints))
         writer.commit()
-        return TransferResult(run_id, writer.savepoints, state_bytes)
+        return TransferResult(
+            run_id, writer.savepoints, state_bytes, snapshot.skipped, snapshot.latest
+        )
+
+
+class _Snapshot:
+    """A run's savepoints read so that the source's latest one is always among them.
+
+    The latest is read first (one consistent read, retried by the storage when a
+    prune frees its packs meanwhile), then the older ones listed after it; iterating
+    yields the older ones that still exist, ascending, then the latest.
+    """
+
+    def __init__(self, storage: Storage, run_id: str) -> None:
+        self.storage, self.run_id, self.skipped = storage, run_id, 0
+        self._latest = _read_latest(storage, run_id)
+        self.latest = None if self._latest is None else self._latest.timestamp
+        self._older = (
+            []
+            if self.latest is None
+            else [r.timestamp for r in storage.list_savepoints(run_id) if r.timestamp < self.latest]
+        )
+        self.total = len(self._older) + (self._latest is not None)
+
+    def __iter__(self) -> Iterator[StoredSavepoint]:
+        for timestamp in self._older:
+            try:
+                yield read_stored(self.storage, self.run_id, timestamp)
+            except NoSavepointError:
+                self.skipped += 1  # pruned in the source since it was listed
+        if self._latest is not None:
+            yield self._latest
+
+
+def _read_latest(storage: Storage, run_id: str) -> StoredSavepoint | None:
+    """The run's latest savepoint, or None when the run (still there) has none."""
+    try:
+        found_ts, codec, entities = storage.read_encoded_savepoint(run_id, None)
+    except NoSavepointError:
+        require_run(storage, run_id)  # deleted meanwhile: that is an error, not an empty run
+        return None
+    return StoredSavepoint(run_id, found_ts, codec, entities)
 
 
 def _check_archive(path: str | os.PathLike[str]) -> tuple[str, set[str], int]:
@@ -128,23 +182,31 @@ def copy_runs(
     if source is destination:
         raise InvalidArgumentError("source and destination are the same storage")
     run_ids = [require_run(source, r) for r in runs] if runs is not None else source.list_runs()
-    plans: list[tuple[str, list[int], list[int]]] = []
+    plans: list[tuple[str, int, list[int]]] = []
     for run_id in dict.fromkeys(run_ids):
         timestamps = [row.timestamp for row in source.list_savepoints(run_id)]
-        codecs = {read_manifest(source, run_id, ts)[0].codec for ts in timestamps}
-        _check_codecs(destination, run_id, codecs)
-        plans.append((run_id, timestamps, _check_target(destination, run_id, replace)))
-    total = sum(len(timestamps) for _run_id, timestamps, _existing in plans)
-    tracker = _Tracker(progress, total)
+        _check_codecs(destination, run_id, _codecs(source, run_id, timestamps))
+        plans.append((run_id, len(timestamps), _check_target(destination, run_id, replace)))
+    tracker = _Tracker(progress, sum(count for _run_id, count, _existing in plans))
     results = []
-    for run_id, timestamps, existing in plans:
-        savepoints = _read_each(source, run_id, timestamps)
-        results.append(
-            _write_run(
-                destination, run_id, savepoints, total=None, existing=existing, progress=tracker
-            )
+    for run_id, _count, existing in plans:
+        snapshot = _Snapshot(source, run_id)
+        result = _write_run(
+            destination, run_id, snapshot, total=None, existing=existing, progress=tracker
         )
+        results.append(dataclasses.replace(result, skipped=snapshot.skipped))
     return results
+
+
+def _codecs(storage: Storage, run_id: str, timestamps: Iterable[int]) -> set[str]:
+    """The codecs of these savepoints; one pruned since it was listed is left out."""
+    codecs = set()
+    for timestamp in timestamps:
+        try:
+            codecs.add(read_manifest(storage, run_id, timestamp)[0].codec)
+        except NoSavepointError:
+            continue  # pruned meanwhile: what is copied is checked again as it is written
+    return codecs
 
 
 class _Tracker:
@@ -158,17 +220,8 @@ class _Tracker:
     def __call__(self, done: int, total: int) -> None:
         if done > 0 and self.progress is not None:
             self.done += 1
+            self.total = max(self.total, self.done)  # the run grew since it was listed
             self.progress(self.done, self.total)
-
-
-def _read_each(
-    storage: Storage, run_id: str, timestamps: Iterable[int]
-) -> Iterator[StoredSavepoint]:
-    for timestamp in timestamps:
-        try:
-            yield read_stored(storage, run_id, timestamp)
-        except NoSavepointError:
-            continue  # pruned in the source since it was listed
 
 
 def _check_codecs(storage: Storage, run_id: str, codecs: set[str]) -> None:
@@ -211,6 +264,7 @@ def _write_run(
     try:
         storage.init_storage(run_id)
         for stored in savepoints:
+            _check_codecs(storage, run_id, {stored.codec})  # a writer may have switched codec
             storage.save_encoded_savepoint(run_id, stored.timestamp, stored.entities)
             back = read_stored(storage, run_id, stored.timestamp)
             if back.entities != stored.entities or back.codec != stored.codec:
@@ -229,7 +283,7 @@ def _write_run(
         raise
     kept = set(written)
     delete_savepoints(storage, run_id, [ts for ts in existing if ts not in kept])
-    return TransferResult(run_id, len(written), state_bytes)
+    return TransferResult(run_id, len(written), state_bytes, latest=max(written, default=None))
 
 
 def _state_bytes(stored: StoredSavepoint) -> int:
