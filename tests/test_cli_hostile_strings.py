@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_support import BACKENDS, damage_pack, run_cli, store_url
+from cli_support import BACKENDS, assert_one_line_error, damage_pack, run_cli, store_url
 from rich.console import Console
 
 import statestore
@@ -122,3 +122,12 @@ def test_to_json_tags_every_dict_with_a_non_str_key() -> None:
     assert to_json({MAP_TAG: []}) == {MAP_TAG: [[MAP_TAG, []]]}
     assert to_json({MAP_TAG: 1, "x": 2}) == {MAP_TAG: 1, "x": 2}
     assert to_json({"plain": 1}) == {"plain": 1}
+
+
+@pytest.mark.parametrize("url", ["sqlite:ref.db", "sqlite:/ref.db", "file:ref", "file:/tmp/x"])
+def test_a_url_without_slashes_gets_the_library_verdict(url: str, tmp_path: Path) -> None:
+    # The CLI took such a URL apart itself and said "ef.db does not exist".
+    result = run_cli("runs", "--url", url, cwd=tmp_path)
+    line = assert_one_line_error(result, 1)
+    assert f"not a storage URL: {url!r}" in line
+    assert list(tmp_path.iterdir()) == []  # nothing created
