@@ -317,7 +317,6 @@ def test_to_json_says_what_json_cannot_as_strings() -> None:
         "-inf": float("-inf"),
         "big": 2**70,
         "bytes": b"\x00\xff",
-        (1, 2): {3, 1, 2},
         "when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC),
         "span": dt.timedelta(minutes=1, milliseconds=500),
         "money": Decimal("1.10"),
@@ -332,7 +331,6 @@ def test_to_json_says_what_json_cannot_as_strings() -> None:
     assert converted["-inf"] == "-Infinity"
     assert converted["big"] == str(2**70)
     assert converted["bytes"] == "AP8="
-    assert converted["(1, 2)"] == [1, 2, 3]
     assert converted["when"] == "2024-05-01T12:00:00+00:00"
     assert converted["span"] == 60.5
     assert converted["money"] == "1.10"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
@@ -88,3 +90,29 @@ def test_error_tree() -> None:
     assert issubclass(errors.RunNotInitializedError, LookupError)
     assert issubclass(errors.InvalidArgumentError, ValueError)
     assert issubclass(errors.EncodeError, TypeError)
+
+
+def test_backend_classes_import_from_statestore_storage() -> None:
+    from statestore.storage import (
+        FileStorage,
+        MemoryStorage,
+        PostgresStorage,
+        SQLiteStorage,
+    )
+
+    for cls in (FileStorage, MemoryStorage, PostgresStorage, SQLiteStorage):
+        assert issubclass(cls, statestore.storage.Storage), cls
+        assert cls.__name__ in statestore.storage.__all__
+    assert isinstance(statestore.open_storage("memory://"), MemoryStorage)
+
+
+def test_statestore_storage_does_not_load_psycopg() -> None:
+    # PostgresStorage is exported lazily: psycopg stays an optional extra.
+    code = (
+        "import sys, statestore, statestore.storage\n"
+        "from statestore.storage import SQLiteStorage, FileStorage, MemoryStorage\n"
+        "assert 'psycopg' not in sys.modules, 'psycopg loaded'\n"
+        "from statestore.storage import PostgresStorage\n"
+        "assert 'psycopg' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -110,8 +110,12 @@ def open_store(url: str, *, create: bool = False) -> Storage:
 def _missing_local_store(url: str) -> str | None:
     """The path of a sqlite:// or file:// store that does not exist yet, else None.
 
-    Only a well-formed URL is looked at here; the backend judges (and explains) a bad one.
+    Only a well-formed URL is looked at here; the library judges (and explains) a bad
+    one: without ``://`` it is "not a storage URL" to open_storage, and it must not be
+    taken apart here first (``sqlite:ref.db`` is not the path ``ef.db``).
     """
+    if not isinstance(url, str) or "://" not in url:
+        return None  # open_storage's own verdict: not a storage URL
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:

@@ -20,13 +20,16 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.pretty import pretty_repr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..ops import Progress as ProgressCallback
 
 __all__ = [
+    "MAP_TAG",
     "MAX_DEPTH",
     "MAX_ITEMS",
     "MAX_STRING",
@@ -69,9 +72,10 @@ class Output:
         """Print a table; columns named in ``right`` are right-aligned (numbers)."""
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for column in columns:
-            table.add_column(column, justify="right" if column in right else "left")
+            table.add_column(Text(column), justify="right" if column in right else "left")
         for row in rows:
-            table.add_row(*row)
+            # Text, not str: Rich would read a run id like "[bold]x" or "ops[/]" as markup.
+            table.add_row(*(Text(cell) for cell in row))
         with self.out.capture() as captured:
             self.out.print(table)
         # Rich pads the last column to its width; trailing blanks only get in the way.
@@ -113,7 +117,8 @@ class Output:
             disable=not self.err.is_terminal,
             transient=False,
         )
-        task = bar.add_task(description, total=None)
+        # The description may hold a run id: escaped, so Rich shows it as written.
+        task = bar.add_task(escape(description), total=None)
 
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
@@ -167,7 +172,10 @@ def to_json(value: Any) -> Any:
     tuple, set and frozenset become lists (sets sorted when they can be); bytes become
     base64 text; datetime, date and time ISO 8601; timedelta seconds (float); Decimal,
     UUID and ints beyond 64 bits strings; nan and infinities ``"NaN"``, ``"Infinity"``,
-    ``"-Infinity"``; dict keys that are not strings ``str()`` of the key.
+    ``"-Infinity"``. A dict whose keys are all strings is an object; any other dict
+    (and one whose only key is ``"__map__"``, which would read as this form) is
+    ``{"__map__": [[key, value], ...]}`` in the dict's order, keys converted like values:
+    ``{1: "a", "1": "b"}`` keeps both keys, ``{"__map__": [[1, "a"], ["1", "b"]]}``.
     """
     if value is None or isinstance(value, bool | str):
         return value
@@ -182,7 +190,7 @@ def to_json(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, Mapping):
-        return {(k if isinstance(k, str) else str(k)): to_json(v) for k, v in value.items()}
+        return _mapping_to_json(value)
     if isinstance(value, set | frozenset):
         items = [to_json(item) for item in value]
         with contextlib.suppress(TypeError):
@@ -197,3 +205,15 @@ def to_json(value: Any) -> Any:
     if isinstance(value, Decimal | uuid.UUID):
         return str(value)
     return repr(value)
+
+
+#: The one key of the JSON object that stands for a dict with keys that are not strings.
+MAP_TAG = "__map__"
+
+
+def _mapping_to_json(value: Mapping[Any, Any]) -> Any:
+    """A str-keyed dict as an object; any other as tagged pairs, so no two keys merge
+    (``str(1) == "1"``) and no key changes type unseen."""
+    if all(isinstance(key, str) for key in value) and list(value) != [MAP_TAG]:
+        return {key: to_json(item) for key, item in value.items()}
+    return {MAP_TAG: [[to_json(key), to_json(item)] for key, item in value.items()]}

@@ -12,7 +12,10 @@ Layout of this package, one concern per module:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._base import EncodedSavepoint, Savepoint, SavepointInfo, Storage
+from ._files import FileStorage
 from ._functions import (
     delete_old_savepoints,
     delete_run,
@@ -26,10 +29,17 @@ from ._functions import (
 )
 from ._memory import MemoryStorage
 from ._registry import open_storage, redact_url
+from ._sqlite import SQLiteStorage
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresStorage
 
 __all__ = [
     "EncodedSavepoint",
+    "FileStorage",
     "MemoryStorage",
+    "PostgresStorage",
+    "SQLiteStorage",
     "Savepoint",
     "SavepointInfo",
     "Storage",
@@ -45,3 +55,13 @@ __all__ = [
     "redact_url",
     "save_run_state",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStorage is imported only when asked for: psycopg is an optional extra, and
+    # ``import statestore`` must neither need it nor pay for loading it.
+    if name == "PostgresStorage":
+        from ._postgres import PostgresStorage  # noqa: PLC0415
+
+        return PostgresStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import urllib.parse
 from importlib.metadata import entry_points
 from typing import Any, Protocol, cast
 
@@ -29,7 +30,19 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "postgres": ("statestore.storage._postgres", "PostgresStorage", "postgres"),
 }
 
-_PASSWORD = re.compile(r"(?P<head>^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*:)(?P<password>[^/@]*)(?=@)")
+# ``scheme://user:password@``, at the start or inside a message (after a blank or quote).
+_PASSWORD = re.compile(
+    r"(?P<head>(?:^|(?<=[\s'\"(]))[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/@]*)(?=@)"
+)
+#: The libpq parameters that hold a secret (a ``passfile`` path is not one).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+# A query parameter: its value runs to the next ``&`` (libpq takes everything up to it).
+_QUERY_PARAMETER = re.compile(r"(?P<head>[?&](?P<name>[^=&?#\s]*)=)(?P<value>[^&]*)")
+# ``password=...`` of a libpq key=value connection string (quoted or a bare word).
+_KEYWORD_PARAMETER = re.compile(
+    r"(?P<head>(?:^|(?<=\s))(?i:sslpassword|password)\s*=\s*)"
+    r"(?P<value>'(?:[^'\\]|\\.)*'?|[^\s']\S*)"
+)
 
 
 class _FromUrl(Protocol):
@@ -37,8 +50,23 @@ class _FromUrl(Protocol):
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe for messages and logs."""
-    return _PASSWORD.sub(r"\g<head>***", url)
+    """The URL with every secret replaced by ``***``: safe for messages and logs.
+
+    Redacted: the password of ``user:password@``, and the value of every query parameter
+    libpq reads as a secret (``password``, ``sslpassword``, their names percent-escaped
+    or not, as libpq decodes them), also as ``password=...`` in a key=value string.
+    """
+    url = _PASSWORD.sub(r"\g<head>***", url)
+    url = _QUERY_PARAMETER.sub(_redact_parameter, url)
+    return _KEYWORD_PARAMETER.sub(r"\g<head>***", url)
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    """A ``name=value`` query parameter, its value hidden when libpq reads it as a secret."""
+    # Compared without case: hiding a value libpq would refuse anyway costs nothing.
+    if urllib.parse.unquote(match.group("name")).lower() in SECRET_PARAMETERS:
+        return match.group("head") + "***"
+    return match.group(0)
 
 
 def open_storage(url: str, codec: Codec | None = None, **options: Any) -> Storage:

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...errors import ConfigError
-from .._registry import redact_url
+from .._registry import SECRET_PARAMETERS, redact_url
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -71,10 +71,10 @@ def settings(
         params = conninfo_to_dict(conninfo)
     except psycopg.Error as exc:
         # The string itself is not shown: in key=value form it may hold a password.
-        guess = urllib.parse.unquote(_raw_url_password(conninfo))
-        shown = scrub(" ".join(str(exc).split()), _secret_forms(conninfo, guess))
+        guesses = [urllib.parse.unquote(raw) for raw in _raw_url_secrets(conninfo)]
+        shown = scrub(" ".join(str(exc).split()), _secret_forms(conninfo, guesses))
         raise ConfigError(f"bad PostgreSQL connection string: {shown}") from None
-    password = str(params.get("password") or "")
+    passwords = [str(params.get(name) or "") for name in sorted(SECRET_PARAMETERS)]
     _check_pool(pool_min_size, pool_max_size, pool_timeout)
     extra: dict[str, Any] = {}
     if connect_timeout is not None:
@@ -97,7 +97,7 @@ def settings(
         pool_max_size=pool_max_size,
         pool_timeout=float(pool_timeout),
         target=redact_url(target),
-        secrets=_secret_forms(conninfo, password),
+        secrets=_secret_forms(conninfo, passwords),
     )
 
 
@@ -144,6 +144,10 @@ def check_schema(schema: Any) -> str:
         raise ConfigError(
             f"schema name {schema!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes"
         )
+    if "%" in schema:
+        # psycopg reads % in a statement as a placeholder, and the schema name is part of
+        # every statement: refused here rather than failing at the first query.
+        raise ConfigError(f"schema name {schema!r}: '%' is not allowed in a schema name")
     if schema.startswith("pg_"):
         raise ConfigError(f"schema name {schema!r}: the pg_ prefix is reserved by PostgreSQL")
     return schema
@@ -176,22 +180,33 @@ def _check_pool(min_size: Any, max_size: Any, timeout: Any) -> None:
         raise ConfigError(f"pool_timeout must be a number of seconds > 0, not {timeout!r}")
 
 
-def _raw_url_password(conninfo: str) -> str:
-    """The password text of a URL as written (percent-escaped), or ''."""
+def _raw_url_secrets(conninfo: str) -> list[str]:
+    """The secrets of a URL as written (percent-escaped): the userinfo password, and the
+    values of its ``password`` and ``sslpassword`` query parameters."""
+    found = []
     head = conninfo.partition("@")[0] if "@" in conninfo else ""
     credentials = head.split("://", 1)[1] if "://" in head else ""
-    return credentials.split(":", 1)[1] if ":" in credentials else ""
+    if ":" in credentials:
+        found.append(credentials.split(":", 1)[1])
+    if "://" in conninfo and "?" in conninfo:
+        for item in conninfo.split("?", 1)[1].split("&"):
+            name, _, value = item.partition("=")
+            if urllib.parse.unquote(name).lower() in SECRET_PARAMETERS:
+                found.append(value)
+    return found
 
 
-def _secret_forms(conninfo: str, password: str) -> tuple[str, ...]:
-    """The password as it may show up in text: decoded, escaped, and as written in the URL."""
-    forms = {password, urllib.parse.quote(password, safe=""), _raw_url_password(conninfo)}
+def _secret_forms(conninfo: str, secrets: list[str]) -> tuple[str, ...]:
+    """Each secret as it may show up in text: decoded, escaped, and as written in the URL."""
+    forms = set(_raw_url_secrets(conninfo))
+    for secret in secrets:
+        forms.update((secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote(secret)))
     forms.discard("")
     return tuple(sorted(forms, key=len, reverse=True))  # longest first: no partial leftovers
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every form of the password replaced by ``***``."""
+    """``text`` with every form of every secret replaced by ``***``."""
     for secret in secrets:
         text = text.replace(secret, "***")
     return redact_url(text)
