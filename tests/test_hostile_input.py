@@ -16,11 +16,13 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statestore import StateStoreError, open_storage
+from statestore import StateStore, StateStoreError, open_storage
 from statestore.codecs import SafeCodec
 from statestore.errors import ConfigError, CorruptSavepointError
 from statestore.storage import MemoryStorage, Storage
 from statestore.storage import _layout as layout
+from statestore.testing._worker import payload
+from statestore.testing.forgery import FORGERIES, manifest_fields, reseal
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -79,11 +81,12 @@ def test_any_flipped_byte_is_caught_before_a_wrong_value(data: st.DataObject) ->
 def test_a_decompression_bomb_is_refused_by_its_declared_size() -> None:
     bomb = zstandard.ZstdCompressor().compress(b"\x00" * (8 << 20))  # 8 MiB of zeros
     pack = layout.PACK_MAGIC + bytes([layout.FORMAT_VERSION]) + bomb
+    name = layout.new_pack_name(1)
     body = msgpack.packb(
         {
             "ts": 1,
             "codec": SafeCodec.name,
-            "packs": ["p"],
+            "packs": [name],
             "pack_sizes": [len(pack)],
             "pack_crcs": [zlib.crc32(pack)],
             "ids": ["e"],
@@ -96,8 +99,8 @@ def test_a_decompression_bomb_is_refused_by_its_declared_size() -> None:
     )
     header = layout._MANIFEST_HEADER.pack(layout.MANIFEST_MAGIC, 1, layout._manifest_crc(1, body))
     manifest = layout.decode_manifest("run", 1, header + body)
-    with pytest.raises(CorruptSavepointError, match=r"cannot be read|does not decode"):
-        layout.decode_states("run", manifest, {"p": pack}, SafeCodec())
+    with pytest.raises(CorruptSavepointError, match=r"declares another length"):
+        layout.decode_states("run", manifest, {name: pack}, SafeCodec())
 
 
 def _snapshot(storage: Storage) -> list[Any]:
@@ -156,3 +159,20 @@ def test_open_storage_refuses_garbage_urls_clearly() -> None:
     for url in ["", "nonsense", "ftp://x", "://", "sqlite", 42]:
         with pytest.raises(ConfigError):
             open_storage(url)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("forgery", FORGERIES.keys())
+def test_start_falls_back_past_a_crafted_manifest(
+    forgery: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_storage(f"memory://forged-{uuid.uuid4().hex}") as storage:
+        assert isinstance(storage, MemoryStorage)
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, payload(60_000))
+        storage.save_savepoint("run", 120_000, payload(120_000))
+        saved = storage._store.runs["run"].savepoints[120_000]
+        saved.manifest = reseal(FORGERIES[forgery](manifest_fields(saved.manifest)))
+        resumed, timestamp, entities = StateStore("run", 60_000, storage=storage).start(0, [])
+        assert (resumed, timestamp) == (True, 60_000)
+        assert [(entity.id, entity.state) for entity in entities] == payload(60_000)
+        assert "savepoint 120000 is corrupt" in caplog.text

@@ -50,7 +50,10 @@ def read_manifest(storage: Storage, run_id: str, timestamp: int) -> tuple[Manife
     if found is None:
         raise NoSavepointError(f"run {run_id!r} has no savepoint at {timestamp}")
     found_ts, data = found
-    return _layout.decode_manifest(run_id, found_ts, data), len(data)
+    manifest = _layout.decode_manifest(
+        run_id, found_ts, data, max_savepoint_bytes=storage.max_savepoint_bytes
+    )
+    return manifest, len(data)
 
 
 def read_stored(storage: Storage, run_id: str, timestamp: int) -> StoredSavepoint:

@@ -36,6 +36,7 @@ import zstandard
 
 from ..errors import BackendError, CorruptSavepointError, InvalidArgumentError
 from ..storage import _validate
+from ..storage._layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES
 from ._stored import StoredSavepoint
 
 __all__ = ["MAGIC", "VERSION", "ArchiveHeader", "ArchiveReader", "ArchiveWriter"]
@@ -44,8 +45,10 @@ MAGIC = b"STATESTORE-ARCHIVE\n"
 VERSION = 1
 _FRAME = struct.Struct(">BQQ32s")  # flags, stored length, body length, SHA-256 of the body
 _ZSTD = 1
-#: A frame body larger than this is refused before it is read: a bound for hostile files.
-MAX_FRAME_BYTES = 1 << 36
+#: A frame body may hold this many bytes over the reader's ``max_savepoint_bytes``: a
+#: savepoint's states (at most the limit) plus their ids and framing. Anything larger is
+#: refused before it is read or allocated: a bound for hostile files.
+FRAME_SLACK = 64 << 20
 #: Bodies shorter than this are not worth compressing.
 _COMPRESS_FROM = 1024
 
@@ -231,8 +234,11 @@ class ArchiveReader:
     unreadable file (BackendError).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_savepoint_bytes: int = MAX_SAVEPOINT_BYTES
+    ) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        self.max_savepoint_bytes = max_savepoint_bytes
         try:
             self._file: IO[bytes] = open(self.path, "rb")  # noqa: SIM115 - closed by close()
             self._size = os.fstat(self._file.fileno()).st_size
@@ -282,15 +288,25 @@ class ArchiveReader:
     def _frame(self) -> dict[str, Any]:
         flags, stored_len, raw_len, digest = _FRAME.unpack(self._read(_FRAME.size))
         remaining = self._size - self._file.tell()
-        if stored_len > remaining or raw_len > MAX_FRAME_BYTES or flags not in (0, _ZSTD):
+        if stored_len > remaining or flags not in (0, _ZSTD):
             raise _damaged(self.path, "bad frame header (or truncated)")
+        if raw_len > self.max_savepoint_bytes + FRAME_SLACK:
+            raise _damaged(
+                self.path,
+                f"a frame declares {raw_len} bytes, over what {LIMIT_OPTION}="
+                f"{self.max_savepoint_bytes} allows (if the archive is genuine, raise the "
+                f"limit with ?{LIMIT_OPTION}=N in the destination URL)",
+            )
         stored = self._read(stored_len)
         try:
-            raw = (
-                zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_len)
-                if flags == _ZSTD
-                else stored
-            )
+            if flags == _ZSTD:
+                # The frame must declare the length the header does (the writer always
+                # records it), so nothing larger than was checked is ever allocated.
+                if zstandard.frame_content_size(stored) != raw_len:
+                    raise _damaged(self.path, "a frame declares another length")
+                raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_len)
+            else:
+                raw = stored
         except zstandard.ZstdError:
             raise _damaged(self.path, "a frame does not decompress") from None
         if len(raw) != raw_len or hashlib.sha256(raw).digest() != digest:
@@ -321,7 +337,7 @@ class ArchiveReader:
                 return
             if kind != "savepoint":
                 raise _damaged(self.path, f"unexpected frame {kind!r}")
-            stored = _savepoint(self.path, run_id, body)
+            stored = _savepoint(self.path, run_id, body, self.max_savepoint_bytes)
             if stored.timestamp <= previous:
                 raise _damaged(self.path, "savepoints out of order")
             previous = stored.timestamp
@@ -344,7 +360,7 @@ class ArchiveReader:
         self.close()
 
 
-def _savepoint(path: str, run_id: str, body: dict[str, Any]) -> StoredSavepoint:
+def _savepoint(path: str, run_id: str, body: dict[str, Any], limit: int) -> StoredSavepoint:
     """Check one savepoint frame's fields as strictly as a save would check them."""
     timestamp, codec, ids, states = (body.get(k) for k in ("ts", "codec", "ids", "states"))
     try:
@@ -361,6 +377,17 @@ def _savepoint(path: str, run_id: str, body: dict[str, Any]) -> StoredSavepoint:
         or len(set(ids)) != len(ids)
     ):
         raise _damaged(path, f"savepoint {timestamp}: malformed")
+    # The limits a save enforces, checked here too: an import checks the whole archive
+    # before it writes anything, so a savepoint no store would take stops it up front.
+    if max(map(len, states), default=0) > MAX_STATE_BYTES:
+        raise _damaged(path, f"savepoint {timestamp}: a state is over {MAX_STATE_BYTES} bytes")
+    total = sum(map(len, states))
+    if total > limit:
+        raise _damaged(
+            path,
+            f"savepoint {timestamp}: its states hold {total} bytes, over the {LIMIT_OPTION}="
+            f"{limit} limit (if the archive is genuine, raise it with ?{LIMIT_OPTION}=N)",
+        )
     return StoredSavepoint(run_id, timestamp, codec, list(zip(ids, states, strict=True)))
 
 

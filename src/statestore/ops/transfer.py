@@ -126,9 +126,10 @@ def _read_latest(storage: Storage, run_id: str) -> StoredSavepoint | None:
     return StoredSavepoint(run_id, found_ts, codec, entities)
 
 
-def _check_archive(path: str | os.PathLike[str]) -> tuple[str, set[str], int]:
-    """Check a whole archive; return its run id, the codecs it uses and its savepoint count."""
-    with ArchiveReader(path) as reader:
+def _check_archive(storage: Storage, path: str | os.PathLike[str]) -> tuple[str, set[str], int]:
+    """Check a whole archive against the storage's limits; return its run id, the codecs
+    it uses and its savepoint count."""
+    with ArchiveReader(path, max_savepoint_bytes=storage.max_savepoint_bytes) as reader:
         codecs: set[str] = set()
         count = 0
         for stored in reader.savepoints():
@@ -150,10 +151,10 @@ def import_run(
     the storage does not use (ConfigError) or an existing run without ``replace``
     (InvalidArgumentError) is refused before anything is written.
     """
-    run_id, codecs, count = _check_archive(path)
+    run_id, codecs, count = _check_archive(storage, path)
     _check_codecs(storage, run_id, codecs)
     existing = _check_target(storage, run_id, replace)
-    with ArchiveReader(path) as reader:
+    with ArchiveReader(path, max_savepoint_bytes=storage.max_savepoint_bytes) as reader:
         return _write_run(
             storage,
             run_id,

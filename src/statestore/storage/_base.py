@@ -110,6 +110,10 @@ class Storage(ABC):
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec: Codec = codec if codec is not None else SafeCodec()
+        #: The most bytes one savepoint's states may encode to in all, on save and on
+        #: read (a bound against decompression bombs); ``open_storage`` sets it from its
+        #: ``max_savepoint_bytes`` option.
+        self.max_savepoint_bytes: int = _layout.MAX_SAVEPOINT_BYTES
         self._closed = False
         self._close_lock = threading.Lock()
         # The previous savepoint of recently written or loaded runs, by entity: what
@@ -191,6 +195,7 @@ class Storage(ABC):
                     f"run {run_id!r}: entity {entity_id!r}: encoded state must be bytes, "
                     f"not {type(data).__name__}"
                 )
+            _layout.check_state_size(run_id, entity_id, data)
         self._save(run_id, timestamp, ids, encoded, writer_token)
 
     def _save(
@@ -201,6 +206,7 @@ class Storage(ABC):
         encoded: list[bytes],
         writer_token: int | None,
     ) -> None:
+        _layout.check_savepoint_size(run_id, timestamp, encoded, self.max_savepoint_bytes)
         base = self._cached_index(run_id)
         record, index = _layout.build_record(run_id, timestamp, self.codec, ids, encoded, base=base)
         try:
@@ -354,7 +360,9 @@ class Storage(ABC):
                     where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
                     raise NoSavepointError(f"run {run_id!r} has {where}")
                 found_ts, manifest_bytes = found
-                manifest = _layout.decode_manifest(run_id, found_ts, manifest_bytes)
+                manifest = _layout.decode_manifest(
+                    run_id, found_ts, manifest_bytes, max_savepoint_bytes=self.max_savepoint_bytes
+                )
                 packs = self._read_blobs(run_id, manifest.packs)
                 if len(packs) == len(set(manifest.packs)):
                     break

@@ -18,19 +18,25 @@ blobs and free the ones no remaining manifest refers to. To keep loading one bou
 read, the live states of the sparsest packs are copied forward into the new pack
 whenever the packs a savepoint refers to would hold more than twice its live bytes.
 
-Reading checks every checksum before decoding, bounds every decompression by the
-length the manifest declares, and turns anything wrong into
-:class:`~statestore.errors.CorruptSavepointError` naming the run and timestamp.
+Reading checks every checksum before decoding, and checks every manifest field's type
+and range too: CRC-32 is not a MAC, so anyone who can write the store can recompute it,
+and a crafted manifest must still end in :class:`~statestore.errors.CorruptSavepointError`
+naming the run and timestamp. Memory is bounded before anything is allocated: the
+states a manifest points at may not overlap (their stored lengths add up to at most
+the packs' bytes), each declares its decoded length (at most :data:`MAX_STATE_BYTES`),
+the declared lengths add up to at most the storage's ``max_savepoint_bytes``, and a
+compressed state's zstd frame must declare that same length before it is decompressed.
+Saving enforces the same limits, so nothing is written that cannot be read back.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import msgpack
 import zstandard
@@ -41,7 +47,8 @@ from ..errors import ConfigError, CorruptSavepointError, EncodeError
 FORMAT_VERSION = 1
 PACK_MAGIC = b"SSPK"
 MANIFEST_MAGIC = b"SSMF"
-_PACK_HEADER = PACK_MAGIC + bytes([FORMAT_VERSION])
+#: The bytes every pack starts with.
+PACK_HEADER = PACK_MAGIC + bytes([FORMAT_VERSION])
 _MANIFEST_HEADER = struct.Struct(">4sBI")  # magic, version, crc32 of version + body
 
 
@@ -56,7 +63,19 @@ COMPRESS_THRESHOLD = 4096
 #: No state may encode (or claim to decompress) to more than this: a bound against bombs.
 MAX_STATE_BYTES = 1 << 30
 
+#: The default of ``max_savepoint_bytes``: the most one savepoint's states may encode to
+#: in all. A bound against decompression bombs, high enough for any run this library is
+#: for (raise it with ``open_storage(url, max_savepoint_bytes=N)`` or ``?max_savepoint_bytes=N``).
+MAX_SAVEPOINT_BYTES = 1 << 31
+#: The name of that limit as an ``open_storage`` option and URL query parameter.
+LIMIT_OPTION = "max_savepoint_bytes"
+
 _FLAG_ZSTD = 1
+#: What :func:`new_pack_name` makes; a manifest naming anything else is crafted.
+_PACK_NAME = re.compile(r"[0-9]{20}-[0-9a-f]{16}")
+_MAX_CODEC_NAME = 128
+_MAX_INT64 = 2**63 - 1
+_MAX_CRC = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -133,12 +152,17 @@ def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> by
             f"run {run_id!r}: entity {entity_id!r}: state of type "
             f"{type(state).__qualname__} cannot be encoded ({exc})"
         ) from None
+    check_state_size(run_id, entity_id, data)
+    return data
+
+
+def check_state_size(run_id: str, entity_id: str, data: bytes) -> None:
+    """Refuse a state over :data:`MAX_STATE_BYTES`, which no reader would accept."""
     if len(data) > MAX_STATE_BYTES:
         raise EncodeError(
             f"run {run_id!r}: entity {entity_id!r}: state encodes to {len(data)} bytes, "
-            f"over the limit of {MAX_STATE_BYTES}"
+            f"over the limit of {MAX_STATE_BYTES}; nothing was stored"
         )
-    return data
 
 
 def encode_states(
@@ -155,6 +179,18 @@ def encode_states(
         for entity_id, state in zip(ids, states, strict=True):
             encode_state(codec, entity_id, state, run_id)
     return encoded
+
+
+def check_savepoint_size(run_id: str, timestamp: int, encoded: Sequence[bytes], limit: int) -> None:
+    """Refuse, before anything is written, a savepoint its readers would refuse."""
+    total = sum(map(len, encoded))
+    if total > limit:
+        raise EncodeError(
+            f"run {run_id!r}: savepoint {timestamp}: its states encode to {total} bytes "
+            f"in all, over the {LIMIT_OPTION}={limit} limit (raise it with "
+            f"open_storage(url, {LIMIT_OPTION}=N) or ?{LIMIT_OPTION}=N in the URL); "
+            "nothing was stored"
+        )
 
 
 def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex) -> list[int]:
@@ -206,8 +242,8 @@ def build_record(
     """
     rows = _reusable(ids, encoded, base) if base is not None else [-1] * len(ids)
     pack_name = new_pack_name(timestamp)
-    parts: list[bytes] = [_PACK_HEADER]
-    offset = len(_PACK_HEADER)
+    parts: list[bytes] = [PACK_HEADER]
+    offset = len(PACK_HEADER)
     # Only the states written anew go through a Python loop; the columns of reused ones
     # are copied from the base in comprehensions.
     written: dict[int, tuple[int, int, int]] = {}  # position -> offset, length, flags
@@ -262,8 +298,7 @@ def build_record(
         },
         use_bin_type=True,
     )
-    crc = _manifest_crc(FORMAT_VERSION, body)
-    manifest = _MANIFEST_HEADER.pack(MANIFEST_MAGIC, FORMAT_VERSION, crc) + body
+    manifest = seal_manifest(body)
     record = SavepointRecord(
         timestamp=timestamp,
         manifest=manifest,
@@ -279,12 +314,25 @@ def build_record(
     return record, index
 
 
+def seal_manifest(body: bytes, version: int = FORMAT_VERSION) -> bytes:
+    """A manifest body with its header: magic, version and the checksum over both."""
+    return _MANIFEST_HEADER.pack(MANIFEST_MAGIC, version, _manifest_crc(version, body)) + body
+
+
 def _corrupt(run_id: str, timestamp: int, why: str) -> CorruptSavepointError:
     return CorruptSavepointError(f"run {run_id!r}: savepoint {timestamp} is corrupt: {why}")
 
 
-def decode_manifest(run_id: str, timestamp: int, data: bytes) -> Manifest:
-    """Check and parse a manifest; every failure is a CorruptSavepointError."""
+def decode_manifest(
+    run_id: str, timestamp: int, data: bytes, *, max_savepoint_bytes: int = MAX_SAVEPOINT_BYTES
+) -> Manifest:
+    """Check and parse a manifest; every failure is a CorruptSavepointError.
+
+    Every field is checked for type and range, not only the checksum: a store writer
+    can recompute a CRC, so a field that is not what :func:`build_record` writes
+    (an id that is not a str, a pack name that is not a pack's, an index out of range,
+    columns of different lengths) is corruption, never a raw exception later.
+    """
     if len(data) < _MANIFEST_HEADER.size:
         raise _corrupt(run_id, timestamp, "manifest is truncated")
     magic, version, crc = _MANIFEST_HEADER.unpack_from(data)
@@ -299,28 +347,102 @@ def decode_manifest(run_id: str, timestamp: int, data: bytes) -> Manifest:
             f"statestore reads up to version {FORMAT_VERSION}: upgrade statestore"
         )
     try:
-        fields: dict[str, Any] = msgpack.unpackb(body, raw=False)
-        manifest = Manifest(
-            timestamp=int(fields["ts"]),
-            codec=str(fields["codec"]),
-            packs=list(fields["packs"]),
-            pack_sizes=list(fields["pack_sizes"]),
-            pack_crcs=list(fields["pack_crcs"]),
-            ids=list(fields["ids"]),
-            pack_index=list(fields["pack"]),
-            offsets=list(fields["offset"]),
-            lengths=list(fields["length"]),
-            raw_lengths=list(fields["raw"]),
-            flags=list(fields["flags"]),
-        )
-    except Exception as exc:  # any malformed body: bad msgpack, missing key, wrong type
+        fields = msgpack.unpackb(body, raw=False)
+    except Exception as exc:  # msgpack raises several types on malformed bytes
         raise _corrupt(run_id, timestamp, f"manifest does not decode ({exc})") from None
-    columns = (manifest.pack_index, manifest.offsets, manifest.lengths, manifest.raw_lengths)
-    if any(len(column) != len(manifest.ids) for column in (*columns, manifest.flags)):
-        raise _corrupt(run_id, timestamp, "manifest columns differ in length")
-    if manifest.timestamp != timestamp:
-        raise _corrupt(run_id, timestamp, f"manifest is for timestamp {manifest.timestamp}")
-    return manifest
+    problem = _manifest_problem(fields, timestamp)
+    if problem is not None:
+        raise _corrupt(run_id, timestamp, f"manifest {problem}")
+    declared = sum(fields["raw"])
+    if declared > max_savepoint_bytes:
+        raise _corrupt(
+            run_id,
+            timestamp,
+            f"its states declare {declared} bytes in all, over the {LIMIT_OPTION}="
+            f"{max_savepoint_bytes} limit (if the savepoint is genuine, raise the limit with "
+            f"open_storage(url, {LIMIT_OPTION}=N) or ?{LIMIT_OPTION}=N in the URL)",
+        )
+    return Manifest(
+        timestamp=fields["ts"],
+        codec=fields["codec"],
+        packs=fields["packs"],
+        pack_sizes=fields["pack_sizes"],
+        pack_crcs=fields["pack_crcs"],
+        ids=fields["ids"],
+        pack_index=fields["pack"],
+        offsets=fields["offset"],
+        lengths=fields["length"],
+        raw_lengths=fields["raw"],
+        flags=fields["flags"],
+    )
+
+
+def _all_of_type(column: object, kind: type) -> bool:
+    """Whether ``column`` is a list of exactly ``kind`` (no subclass: a bool is no int).
+
+    ``set(map(type, ...))`` runs in C: manifests of 100,000 entities are checked often.
+    """
+    return isinstance(column, list) and set(map(type, column)) <= {kind}
+
+
+def _ints_in(column: object, low: int, high: int) -> bool:
+    return _all_of_type(column, int) and (
+        not column or (low <= min(column) and max(column) <= high)  # type: ignore[call-overload]
+    )
+
+
+def _manifest_problem(fields: object, timestamp: int) -> str | None:
+    """What is wrong with a decoded manifest body, or None when every field is sound."""
+    if not isinstance(fields, dict):
+        return "is not a record"
+    missing = {
+        "ts",
+        "codec",
+        "packs",
+        "pack_sizes",
+        "pack_crcs",
+        "ids",
+        "pack",
+        "offset",
+        "length",
+        "raw",
+        "flags",
+    } - fields.keys()
+    if missing:
+        return f"lacks {sorted(missing)[0]!r}"
+    ts, codec, packs, ids = fields["ts"], fields["codec"], fields["packs"], fields["ids"]
+    if type(ts) is not int or ts != timestamp:
+        return f"is for timestamp {ts!r}"
+    if type(codec) is not str or not 0 < len(codec) <= _MAX_CODEC_NAME:
+        return "names no codec"
+    if not _all_of_type(packs, str) or not all(_PACK_NAME.fullmatch(name) for name in packs):
+        return "names a pack that is not one"
+    if len(set(packs)) != len(packs):
+        return "names a pack twice"
+    for name, low, high in (
+        ("pack_sizes", len(PACK_HEADER), _MAX_INT64),
+        ("pack_crcs", 0, _MAX_CRC),
+    ):
+        if not _ints_in(fields[name], low, high) or len(fields[name]) != len(packs):
+            return f"has a bad {name} column"
+    if not _all_of_type(ids, str):
+        return "has an entity id that is not a str"
+    if len(set(ids)) != len(ids):
+        return "has an entity id twice"
+    for name, low, high in (
+        ("pack", 0, len(packs) - 1),
+        ("offset", len(PACK_HEADER), _MAX_INT64),
+        ("length", 0, _MAX_INT64),
+        ("raw", 0, MAX_STATE_BYTES),
+        ("flags", 0, _FLAG_ZSTD),
+    ):
+        if not _ints_in(fields[name], low, high) or len(fields[name]) != len(ids):
+            return f"has a bad {name} column"
+    # States never share stored bytes, so together they point at no more than the packs
+    # hold: without this, entities pointing at one zstd frame multiply what it inflates to.
+    if sum(fields["length"]) > sum(fields["pack_sizes"]) - len(PACK_HEADER) * len(packs):
+        return "points at more bytes than its packs hold"
+    return None
 
 
 def codec_for(codec_name: str, configured: Codec, run_id: str, timestamp: int) -> Codec:
@@ -351,14 +473,12 @@ def extract_states(run_id: str, manifest: Manifest, packs: Mapping[str, bytes]) 
         pack = packs.get(name)
         if pack is None:
             raise _corrupt(run_id, timestamp, f"pack {name} is missing")
-        if len(pack) != size or pack[: len(_PACK_HEADER)] != _PACK_HEADER:
+        if len(pack) != size or pack[: len(PACK_HEADER)] != PACK_HEADER:
             raise _corrupt(run_id, timestamp, f"pack {name} has a bad header or size")
         if zlib.crc32(pack) != crc:
             raise _corrupt(run_id, timestamp, f"pack {name}: checksum mismatch")
         views.append(memoryview(pack))
     names = manifest.packs
-    if len(set(manifest.ids)) != len(manifest.ids):
-        raise _corrupt(run_id, timestamp, "an entity id appears twice")
     raws: list[bytes | memoryview] = []
     try:
         for pack_index, start, length, raw_length, flag in zip(
@@ -370,16 +490,21 @@ def extract_states(run_id: str, manifest: Manifest, packs: Mapping[str, bytes]) 
             strict=True,
         ):
             data = views[pack_index][start : start + length]
+            if len(data) != length:
+                raise ValueError("offset and length run past the end of the pack")
             raw: bytes | memoryview = data
             if flag:
-                if flag != _FLAG_ZSTD or not 0 <= raw_length <= MAX_STATE_BYTES:
-                    raise ValueError("bad flags or length")
-                decompressor = zstandard.ZstdDecompressor()
-                raw = decompressor.decompress(data, max_output_size=raw_length)
-            if len(data) != length or len(raw) != raw_length or start < 0 or pack_index < 0:
-                raise ValueError("bad offset or length")
+                # The frame must declare the length the manifest does (the writer always
+                # records it), so nothing larger is ever allocated than was checked.
+                if zstandard.frame_content_size(data) != raw_length:
+                    raise ValueError("the zstd frame declares another length")
+                raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_length)
+            if len(raw) != raw_length:
+                raise ValueError("the state has another length than declared")
             raws.append(raw)
-    except Exception as exc:  # hostile manifests: bad index, bad zstd frame, wrong types
+    except MemoryError:
+        raise  # allocations are bounded by checked lengths: this is the machine, not the data
+    except Exception as exc:  # a bad zstd frame, a length that does not match
         entity_id = manifest.ids[len(raws)] if len(raws) < len(manifest.ids) else "?"
         why = f"entity {entity_id!r} cannot be read ({type(exc).__name__}: {exc})"
         raise _corrupt(run_id, timestamp, why) from None

@@ -18,6 +18,7 @@ from typing import Any, Protocol, cast
 from ..codecs import Codec
 from ..errors import ConfigError
 from ._base import Storage
+from ._layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES
 
 __all__ = ["open_storage", "redact_url"]
 
@@ -77,15 +78,49 @@ def open_storage(url: str, codec: Codec | None = None, **options: Any) -> Storag
 
     ``memory://[NAME]``, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``,
     ``file:///absolute/dir``, ``postgresql://user:pass@host:port/db``. ``codec``
-    defaults to :class:`~statestore.codecs.SafeCodec`; ``options`` go to the backend.
+    defaults to :class:`~statestore.codecs.SafeCodec`; ``options`` go to the backend,
+    except ``max_savepoint_bytes`` (also ``?max_savepoint_bytes=N`` in the URL), the most
+    bytes one savepoint's states may encode to (default 2 GiB), which every backend keeps.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
             f"not a storage URL: {redact_url(str(url))!r} (expected e.g. sqlite:///statestore.db)"
         )
+    url, limit = _take_savepoint_limit(url, options)
     scheme = url.split("://", 1)[0].lower()
     backend = _load_backend(scheme, url)
-    return backend.from_url(url, codec, **options)
+    storage = backend.from_url(url, codec, **options)
+    storage.max_savepoint_bytes = limit
+    return storage
+
+
+# ``?max_savepoint_bytes=N`` or ``&max_savepoint_bytes=N``, up to the next parameter.
+_LIMIT_PARAMETER = re.compile(rf"[?&]{LIMIT_OPTION}=(?P<value>[^&#]*)")
+
+
+def _take_savepoint_limit(url: str, options: dict[str, Any]) -> tuple[str, int]:
+    """The URL without the ``max_savepoint_bytes`` option every backend shares, and its value.
+
+    The option is the storage's, not the backend's, so it is taken here, once: as a
+    keyword (``open_storage(url, max_savepoint_bytes=N)``) or in the query string, which
+    is how the command line sets it.
+    """
+    value: Any = options.pop(LIMIT_OPTION, None)
+    match = _LIMIT_PARAMETER.search(url)
+    if match is not None:
+        if value is not None:
+            raise ConfigError(f"{LIMIT_OPTION} is given twice, in the URL and as an option")
+        text = match.group("value")
+        value = int(text) if text.isascii() and text.isdigit() else text
+        rest = url[match.end() :]
+        # Keep the query well-formed: "?a=1&limit=2" -> "?a=1", "?limit=2&b=3" -> "?b=3".
+        joiner = match.group(0)[0] if rest.startswith("&") else ""
+        url = url[: match.start()] + (joiner + rest[1:] if joiner else rest)
+    if value is None:
+        return url, MAX_SAVEPOINT_BYTES
+    if type(value) is not int or value < 1:
+        raise ConfigError(f"{LIMIT_OPTION} must be a whole number of bytes >= 1, not {value!r}")
+    return url, value
 
 
 def _load_backend(scheme: str, url: str) -> _FromUrl:

@@ -10,16 +10,21 @@ in a fresh interpreter (an entry point in ``statestore.backends``).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ..codecs import Codec, PickleCodec
 from ..errors import (
@@ -32,7 +37,17 @@ from ..errors import (
     StaleWriterError,
 )
 from ..storage import Savepoint, SavepointInfo, Storage, open_storage
-from ._worker import payload, wholeness_problem
+from ..storage._layout import MAX_SAVEPOINT_BYTES
+from ._worker import cap_address_space, payload, read_each, wholeness_problem
+from .forgery import (
+    FORGERIES,
+    bomb_frame,
+    crafted_savepoint,
+    hostile_manifests,
+    hostile_states,
+    manifest_fields,
+    reseal,
+)
 from .stateful import check_against_model
 from .strategies import (
     AWKWARD_RUN_IDS,
@@ -66,6 +81,14 @@ DAMAGE: dict[str, Callable[[bytes], bytes]] = {
 }
 
 Snapshot = dict[str, tuple[list[SavepointInfo], Savepoint | None]]
+
+# The bound every fuzzed read must keep: a read of a crafted savepoint ends within
+# FUZZ_READ_SECONDS (a hang detector, generous for a loaded machine; reads take
+# milliseconds) and allocates at its peak less than FUZZ_READ_PEAK, with the store's
+# max_savepoint_bytes lowered to FUZZ_SAVEPOINT_BYTES.
+FUZZ_SAVEPOINT_BYTES = 1 << 20
+FUZZ_READ_SECONDS = 5.0
+FUZZ_READ_PEAK = 4 * FUZZ_SAVEPOINT_BYTES + (8 << 20)
 
 
 @dataclass(frozen=True)
@@ -529,6 +552,216 @@ class InProcessConformance:
         self.tamper(storage, "run", 60_000, "pack", DAMAGE["flip-last-byte"])
         assert storage.get_latest_savepoint_timestamp("run") == 60_000
 
+    # ================================================================ limits
+
+    def test_a_savepoint_over_the_total_limit_is_refused_at_save(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, payload(60_000))
+        before = _snapshot(storage)
+        storage.max_savepoint_bytes = 1000
+        big = [("a", "x" * 600), ("b", "y" * 600)]
+        saves: dict[str, Callable[[], object]] = {
+            "save_savepoint": lambda: storage.save_savepoint("run", 60_000, big),
+            "save_encoded_savepoint": lambda: storage.save_encoded_savepoint(
+                "run", 60_000, [(i, storage.encode_state("run", i, s)) for i, s in big]
+            ),
+        }
+        for label, save in saves.items():
+            error = _refuses(save, EncodeError, label)
+            assert "run 'run': savepoint 60000" in str(error)
+            assert "max_savepoint_bytes=1000" in str(error)
+        storage.max_savepoint_bytes = MAX_SAVEPOINT_BYTES
+        assert _snapshot(storage) == before
+        # A reader with a lower limit than the writer's refuses, naming the option to raise.
+        storage.max_savepoint_bytes = 100
+        error = _refuses(
+            lambda: storage.get_savepoint("run", 60_000), CorruptSavepointError, "low limit"
+        )
+        assert "max_savepoint_bytes=100" in str(error)
+
+    # ================================================================ crafted savepoints
+
+    def _stored_manifest(self, storage: Storage, run_id: str, timestamp: int) -> bytes:
+        """The stored manifest bytes of one savepoint, read through the back door."""
+        found: list[bytes] = []
+
+        def keep(old: bytes) -> bytes:
+            found.append(old)
+            return old
+
+        self.tamper(storage, run_id, timestamp, "manifest", keep)
+        return found[0]
+
+    def _plant(
+        self, storage: Storage, run_id: str, timestamp: int, manifest: bytes, pack: bytes
+    ) -> None:
+        """Replace one savepoint (saved with a single pack) by a crafted manifest and pack."""
+        self.tamper(storage, run_id, timestamp, "manifest", lambda _: manifest)
+        self.tamper(storage, run_id, timestamp, "pack", lambda _: pack)
+
+    def _pack_name(self, storage: Storage, run_id: str, timestamp: int) -> str:
+        (name,) = manifest_fields(self._stored_manifest(storage, run_id, timestamp))["packs"]
+        assert isinstance(name, str)
+        return name
+
+    def _assert_value_or_corrupt(self, storage: Storage, run_id: str, timestamp: int) -> None:
+        """Every read of the savepoint ends, soon and within bounded memory, in a value or
+        a CorruptSavepointError naming it (or, when the manifest names a codec this
+        storage lacks, the ConfigError that says which)."""
+        reads: dict[str, Callable[[], object]] = {
+            "get_savepoint": lambda: storage.get_savepoint(run_id, timestamp),
+            "read_encoded_savepoint": lambda: storage.read_encoded_savepoint(run_id, timestamp),
+        }
+        for label, read in reads.items():
+            tracemalloc.start()
+            started = time.monotonic()
+            try:
+                read()
+                refusal = ""
+            except CorruptSavepointError as exc:
+                refusal = str(exc)
+            except ConfigError as exc:
+                refusal = str(exc)
+                assert "was written with codec" in refusal, refusal
+            except Exception as exc:
+                pytest.fail(f"{label}: raised {type(exc).__name__} ({exc})")
+            finally:
+                elapsed = time.monotonic() - started
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+            assert not refusal or f"run {run_id!r}: savepoint {timestamp}" in refusal, refusal
+            assert elapsed < FUZZ_READ_SECONDS, f"{label} took {elapsed:.1f} s"
+            assert peak < FUZZ_READ_PEAK, f"{label} allocated {peak} bytes at its peak"
+
+    @pytest.mark.parametrize("forgery", FORGERIES.keys())
+    def test_crafted_manifest_with_valid_checksum_is_corrupt(
+        self, storage: Storage, forgery: str
+    ) -> None:
+        storage.init_storage("run-f")
+        storage.save_savepoint("run-f", 30_000, payload(30_000))
+        storage.save_savepoint("run-f", 60_000, payload(60_000))
+        forge = FORGERIES[forgery]
+        self.tamper(
+            storage, "run-f", 60_000, "manifest", lambda old: reseal(forge(manifest_fields(old)))
+        )
+        reads: dict[str, Callable[[], object]] = {
+            "get_latest_savepoint": lambda: storage.get_latest_savepoint("run-f"),
+            "get_savepoint": lambda: storage.get_savepoint("run-f", 60_000),
+            "read_encoded_savepoint": lambda: storage.read_encoded_savepoint("run-f", 60_000),
+        }
+        for label, read in reads.items():
+            error = _refuses(read, CorruptSavepointError, f"{label} of {forgery}")
+            assert "run 'run-f': savepoint 60000" in str(error)
+        assert storage.get_savepoint("run-f", 30_000) == (30_000, payload(30_000))
+        assert [row.timestamp for row in storage.list_savepoints("run-f")] == [30_000, 60_000]
+        storage.save_savepoint("run-f", 90_000, payload(90_000))  # the run goes on
+        assert storage.get_latest_savepoint("run-f") == (90_000, payload(90_000))
+
+    def test_fuzzed_manifests_and_states_end_in_a_value_or_corrupt(self, storage: Storage) -> None:
+        storage.init_storage("run-z")
+        storage.max_savepoint_bytes = FUZZ_SAVEPOINT_BYTES
+        timestamps = iter(range(2, 1 << 40))
+
+        @settings(
+            max_examples=60,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        )
+        @given(forge=hostile_manifests(), states=st.lists(hostile_states(), min_size=1, max_size=4))
+        def read_crafted(
+            forge: Callable[..., object], states: list[tuple[bytes, int, int]]
+        ) -> None:
+            timestamp = next(timestamps)
+            # A hostile manifest over a real savepoint, then crafted states under a sound one.
+            storage.save_savepoint("run-z", timestamp, payload(timestamp))
+            self.tamper(
+                storage,
+                "run-z",
+                timestamp,
+                "manifest",
+                lambda old: reseal(forge(manifest_fields(old))),
+            )
+            self._assert_value_or_corrupt(storage, "run-z", timestamp)
+            timestamp = next(timestamps)
+            storage.save_savepoint("run-z", timestamp, payload(timestamp))
+            stored, raw_sizes, flags = (list(column) for column in zip(*states, strict=True))
+            name = self._pack_name(storage, "run-z", timestamp)
+            self._plant(
+                storage,
+                "run-z",
+                timestamp,
+                *crafted_savepoint(timestamp, name, stored, raw_sizes, flags),
+            )
+            self._assert_value_or_corrupt(storage, "run-z", timestamp)
+            storage.delete_old_savepoints("run-z", 4)  # keeps the store small
+
+        read_crafted()
+        last = next(timestamps)  # the run goes on past every crafted savepoint
+        storage.save_savepoint("run-z", last, payload(last))
+        assert wholeness_problem(storage.get_latest_savepoint("run-z")) is None
+
+    def _read_capped(
+        self, url: str, storage: Storage, run_id: str, limit: int, timestamps: list[int]
+    ) -> list[str]:
+        """Read the savepoints in a child process whose address space is capped; a line
+        of :func:`~statestore.testing._worker.read_each` per savepoint.
+
+        This store lives in one process: the child is forked with the handle open.
+        """
+        storage.max_savepoint_bytes = limit
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: cap, read, report, and leave without running any cleanup
+            try:
+                os.close(reader)
+                cap_address_space()
+                report = "\n".join(read_each(storage, run_id, timestamps))
+                os.write(writer, report.encode())
+            finally:
+                os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as pipe:
+            report = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, f"the capped reader ended with status {status}"
+        return report.splitlines()
+
+    def test_decompression_bombs_are_refused_before_inflating(
+        self, url: str, storage: Storage
+    ) -> None:
+        gib = 1 << 30
+        frame = bomb_frame(gib)  # ~32 KiB that inflate to 1 GiB
+        plain = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(1 << 20))
+        bombs = {  # timestamp: (stored states, declared raw lengths, shared)
+            20_000: ([frame] * 3, [gib] * 3, True),  # three entities, one frame
+            30_000: ([frame] * 3, [gib] * 3, False),  # 3 GiB in all: over the 2 GiB limit
+            40_000: ([frame], [32 * gib], False),  # a state claiming 32 GiB
+            50_000: ([plain], [1 << 20], False),  # a frame that declares no size
+            60_000: ([frame], [1000], False),  # a frame declaring more than the manifest
+        }
+        storage.init_storage("bomb")
+        storage.save_savepoint("bomb", 10_000, payload(10_000))  # the control: read in full
+        for timestamp, (stored, raw_sizes, shared) in bombs.items():
+            storage.save_savepoint("bomb", timestamp, payload(timestamp))
+            name = self._pack_name(storage, "bomb", timestamp)
+            flags = [1] * len(stored)
+            self._plant(
+                storage,
+                "bomb",
+                timestamp,
+                *crafted_savepoint(timestamp, name, stored, raw_sizes, flags, shared=shared),
+            )
+        lines = self._read_capped(url, storage, "bomb", MAX_SAVEPOINT_BYTES, [10_000, *bombs])
+        assert lines[0] == f"OK 10000 {len(payload(10_000))}"
+        for line, timestamp in zip(lines[1:], bombs, strict=True):
+            assert line.startswith(f"CORRUPT {timestamp} run 'bomb': savepoint {timestamp}"), line
+        assert "max_savepoint_bytes" in lines[2]
+        # With the limit raised past 3 GiB, entities sharing one frame are still refused.
+        raised = self._read_capped(url, storage, "bomb", 4 * gib, [10_000, 20_000])
+        assert raised[0] == f"OK 10000 {len(payload(10_000))}"
+        assert raised[1].startswith("CORRUPT 20000"), raised[1]
+        assert "points at more bytes than its packs hold" in raised[1]
+
     # ================================================================ writer tokens
 
     def test_writer_tokens_grow(self, storage: Storage) -> None:
@@ -658,6 +891,13 @@ class StorageConformance(InProcessConformance):
     ``url`` names a fresh, empty store for each test; the suite opens it with
     :meth:`open` (several times when it needs several handles or processes on one store).
     """
+
+    def _read_capped(
+        self, url: str, storage: Storage, run_id: str, limit: int, timestamps: list[int]
+    ) -> list[str]:
+        """As the in-process suite's, but in a fresh interpreter that opens ``url``."""
+        args = ["read", url, run_id, str(limit), *map(str, timestamps)]
+        return _finish(_spawn(*args)).splitlines()
 
     def test_processes_share_one_store(self, url: str, storage: Storage) -> None:
         writers, saves = 3, 10
