@@ -7,10 +7,16 @@ the savepoint is persisted through the storage and old ones are pruned. Resuming
 reads the latest savepoint back::
 
     store = StateStore("run-1", schedule=60_000, storage=open_storage("sqlite:///s.db"))
-    resumed, since, entities = store.start(start_ts, [("sensor-1", {}), ("sensor-2", {})])
-    for reading in inputs_from(since):
-        entity = entities[reading.sensor].ack_processed_time(reading.timestamp)
+    resumed, since, entities = store.start(0, [("sensor-1", {}), ("sensor-2", {})])
+    by_id = {entity.id: entity for entity in entities}
+    for reading in inputs_at_or_after(since):  # a replay: the same inputs every run
+        for entity in entities:  # every input before this one is processed
+            entity.ack_processed_time(reading.timestamp)
+        entity = by_id[reading.sensor]  # then this input is applied
         entity.update_state(reading.timestamp, process(entity.state, reading))
+
+Acknowledge before applying: an input applied first would be in the savepoint and
+counted again by a resume, which replays it (the README's example is tested so).
 
 Modules: ``_store.py`` (:class:`StateStore`, starting and persisting), ``_entity.py``
 (:class:`Entity`), ``_fills.py`` (which entity filled which savepoint, no I/O).
