@@ -18,6 +18,14 @@ still refers to. The schema is created by numbered migrations recorded in
 Each thread uses its own connection (SQLite connections are not for concurrent use);
 :meth:`SQLiteStorage.close` closes all of them. After ``fork()`` the child opens its
 own connections and never touches the inherited ones (``os.register_at_fork``).
+
+The store runs on the SQLite library that apsw bundles, not on the one Python's
+``sqlite3`` module links (often the operating system's, older): SQLite 3.7.0 to 3.51.2
+can corrupt a WAL database when two connections write or checkpoint at the same moment
+(the "WAL-reset bug", https://sqlite.org/wal.html#walresetbug), which is what several
+processes saving into one store do. A library older than 3.51.3 is refused at open.
+apsw connections are in autocommit mode unless a ``BEGIN`` is issued: every
+transaction here is explicit.
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sqlite3
+import re
 import threading
 import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+import apsw
 
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError
@@ -85,6 +95,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 DEFAULT_TIMEOUT = 30.0
+#: The first SQLite release without the WAL-reset bug.
+FIRST_SAFE_SQLITE = (3, 51, 3)
 #: Keep the WAL file from staying as large as the biggest save ever made.
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 _CONNECTION_PRAGMAS = (
@@ -99,18 +111,24 @@ _RUN_KEY = "SELECT id, writer_token FROM runs WHERE run_id = ?"
 
 # One line per primary SQLite result code a user can act on.
 _PLAIN_ERRORS = {
-    sqlite3.SQLITE_READONLY: "the database is read-only (file permissions, read-only mount)",
-    sqlite3.SQLITE_FULL: "the disk is full",
-    sqlite3.SQLITE_CORRUPT: "the database file is damaged",
-    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database",
-    sqlite3.SQLITE_CANTOPEN: "cannot open the database file (missing or unwritable directory?)",
-    sqlite3.SQLITE_PERM: "permission denied",
-    sqlite3.SQLITE_NOMEM: "out of memory",
+    apsw.SQLITE_READONLY: "the database is read-only (file permissions, read-only mount)",
+    apsw.SQLITE_FULL: "the disk is full",
+    apsw.SQLITE_CORRUPT: "the database file is damaged",
+    apsw.SQLITE_NOTADB: "the file is not a SQLite database",
+    apsw.SQLITE_CANTOPEN: "cannot open the database file (missing or unwritable directory?)",
+    apsw.SQLITE_PERM: "permission denied",
+    apsw.SQLITE_NOMEM: "out of memory",
 }
+_CANNOT_WRITE = (apsw.SQLITE_CANTOPEN, apsw.SQLITE_READONLY)
 
 
-class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced, so a dead thread's one is freed."""
+class _Connection(apsw.Connection):
+    """This backend's connection: weakly referable, so a dead thread's one is freed."""
+
+
+class _StoreProblemError(Exception):
+    """What this backend (not SQLite) found wrong with the store; one of its driver
+    errors, so the base reports it as BackendError naming run and timestamp."""
 
 
 class SQLiteStorage(Storage):
@@ -118,10 +136,14 @@ class SQLiteStorage(Storage):
 
     ``timeout`` is how many seconds a write waits for another writer's lock before
     failing with :class:`~statestore.errors.BackendError`. The parent directory is
-    created when missing.
+    created when missing. :attr:`sqlite_version` is the version of the SQLite library
+    the store runs on (apsw's bundled one).
     """
 
-    driver_errors = (sqlite3.Error, OSError)
+    driver_errors = (apsw.Error, OSError, _StoreProblemError)
+
+    #: The SQLite library this store runs on, e.g. ``"3.54.1"``; at least 3.51.3.
+    sqlite_version: str
 
     def __init__(
         self,
@@ -131,6 +153,7 @@ class SQLiteStorage(Storage):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(codec)
+        self.sqlite_version = _check_library(apsw.sqlite_lib_version())
         self.path = _check_path(path)
         self.timeout = _check_timeout(timeout)
         self._local = threading.local()
@@ -206,13 +229,13 @@ class SQLiteStorage(Storage):
                 if self._schema_version(conn) < SCHEMA_VERSION:
                     with self._write() as locked:
                         self._migrate(locked)
-            except sqlite3.OperationalError as exc:
-                cannot_write = _code(exc) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+            except apsw.Error as exc:
+                cannot_write = _code(exc) in _CANNOT_WRITE
                 if created or not cannot_write or not os.path.isfile(self.path):
                     raise
                 self._open_read_only()
-        except sqlite3.DatabaseError as exc:
-            if _code(exc) == sqlite3.SQLITE_NOTADB:
+        except apsw.Error as exc:
+            if _code(exc) == apsw.SQLITE_NOTADB:
                 raise ConfigError(f"{self.path} is not a SQLite database") from None
             raise
         if created:  # the new file's directory entry must survive a power loss too
@@ -225,8 +248,8 @@ class SQLiteStorage(Storage):
         self._read_only = True
         try:
             version = self._schema_version(self._connection())
-        except sqlite3.OperationalError as exc:
-            if _code(exc) not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+        except apsw.Error as exc:
+            if _code(exc) not in _CANNOT_WRITE:
                 raise
             # A WAL file closed cleanly has no -shm file, and a read-only directory
             # cannot get one: nobody can write it then, so read it as immutable.
@@ -240,10 +263,10 @@ class SQLiteStorage(Storage):
                 f"writable once so statestore can upgrade it to {SCHEMA_VERSION}"
             )
 
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
+    def _schema_version(self, conn: apsw.Connection) -> int:
         """The file's schema version; ConfigError for a file that is not ours to use."""
-        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        app_id = _scalar(conn, "PRAGMA application_id")
+        version = _scalar(conn, "PRAGMA user_version")
         if app_id not in (0, APPLICATION_ID):
             raise ConfigError(f"{self.path} is a SQLite database of another application")
         if version > SCHEMA_VERSION:
@@ -251,15 +274,14 @@ class SQLiteStorage(Storage):
                 f"{self.path} has statestore schema version {version}, newer than the "
                 f"{SCHEMA_VERSION} this statestore knows: upgrade statestore to open it"
             )
-        if version == 0:
-            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if tables:  # never add our tables to someone else's database
-                raise ConfigError(
-                    f"{self.path} is a SQLite database with tables of another application"
-                )
+        # Never add our tables to someone else's database.
+        if version == 0 and _scalar(conn, "SELECT count(*) FROM sqlite_master"):
+            raise ConfigError(
+                f"{self.path} is a SQLite database with tables of another application"
+            )
         return int(version)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: apsw.Connection) -> None:
         """Apply the missing migrations inside the caller's write transaction."""
         version = self._schema_version(conn)  # again: another process may have migrated
         for statements in MIGRATIONS[version:]:
@@ -268,7 +290,7 @@ class SQLiteStorage(Storage):
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> _Connection:
         """This thread's connection, opened on first use."""
         if self._closed:
             raise BackendError(f"{self!r} is closed")
@@ -281,19 +303,15 @@ class SQLiteStorage(Storage):
             if os.path.exists(self.path + "-shm"):
                 self._immutable = False
         if conn is None:
-            target, uri = self.path, False
+            target, flags = self.path, apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
             if self._read_only:
                 target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
-                target, uri = target + ("&immutable=1" if self._immutable else ""), True
-            conn = sqlite3.connect(
-                target,
-                uri=uri,
-                timeout=self.timeout,
-                isolation_level=None,  # we issue BEGIN and COMMIT ourselves
-                check_same_thread=False,  # only so close() may close every thread's one
-                factory=_Connection,
-            )
+                target += "&immutable=1" if self._immutable else ""
+                flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+            conn = _Connection(target, flags=flags)
             try:
+                # Writers of several threads and processes queue this long for the lock.
+                conn.set_busy_timeout(int(self.timeout * 1000))
                 for pragma in _CONNECTION_PRAGMAS:
                     conn.execute(pragma)
             except BaseException:
@@ -317,7 +335,7 @@ class SQLiteStorage(Storage):
         self._local = threading.local()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[apsw.Connection]:
         """One write transaction. IMMEDIATE takes the write lock up front, so writers
         queue on the busy timeout instead of failing when both upgrade from reading."""
         conn = _begin(self._connection(), "BEGIN IMMEDIATE")
@@ -326,12 +344,12 @@ class SQLiteStorage(Storage):
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # keep the original error
+                with contextlib.suppress(apsw.Error):  # keep the original error
                     conn.execute("ROLLBACK")
             raise
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[apsw.Connection]:
         """One read transaction: several SELECTs see one snapshot."""
         conn = _begin(self._connection(), "BEGIN")
         try:
@@ -348,14 +366,16 @@ class SQLiteStorage(Storage):
             conn.close()
 
     def _describe_failure(self, exc: BaseException) -> str:
-        if isinstance(exc, sqlite3.Error):
+        if isinstance(exc, _StoreProblemError):
+            why = str(exc)
+        elif isinstance(exc, apsw.Error):
             code = _code(exc)
-            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if code in (apsw.SQLITE_BUSY, apsw.SQLITE_LOCKED):
                 why = (
                     f"database is locked: another process or thread held its write lock "
                     f"for more than the {self.timeout:g} s timeout"
                 )
-            elif code == sqlite3.SQLITE_IOERR:
+            elif code == apsw.SQLITE_IOERR:
                 why = f"I/O error ({exc})"
             else:
                 why = _PLAIN_ERRORS.get(code, f"{type(exc).__name__}: {exc}")
@@ -391,9 +411,7 @@ class SQLiteStorage(Storage):
             # One counter for the whole file: a run deleted and created again never
             # hands out a token that a writer of its former life still holds.
             conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'writer_token'")
-            (token,) = conn.execute(
-                "SELECT value FROM counters WHERE name = 'writer_token'"
-            ).fetchone()
+            token = _scalar(conn, "SELECT value FROM counters WHERE name = 'writer_token'")
             conn.execute("UPDATE runs SET writer_token = ? WHERE id = ?", (token, found[0]))
             return int(token)
 
@@ -413,9 +431,8 @@ class SQLiteStorage(Storage):
                 "INSERT INTO blobs (run, name, data) VALUES (?, ?, ?)",
                 [(run, name, data) for name, data in record.blobs.items()],
             )
-            replaced = conn.execute(
-                "DELETE FROM savepoints WHERE run = ? AND ts = ?", (run, record.timestamp)
-            ).rowcount
+            conn.execute("DELETE FROM savepoints WHERE run = ? AND ts = ?", (run, record.timestamp))
+            replaced = conn.changes()
             conn.execute(
                 "INSERT INTO savepoints (run, ts, manifest, entity_count, size) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -477,7 +494,8 @@ class SQLiteStorage(Storage):
     def _compact(self) -> None:
         conn = self._connection()
         conn.execute("VACUUM")  # rewrites the database into the WAL, without free pages
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # ...then back, shrinking both files
+        # ...then back, shrinking both files (fetched: a statement runs until its last row).
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 # -------------------------------------------------------------------- helpers
@@ -501,19 +519,19 @@ def _as_bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else b""
 
 
-def _begin(conn: sqlite3.Connection, begin: str) -> sqlite3.Connection:
+def _begin(conn: _Connection, begin: str) -> _Connection:
     if conn.in_transaction:  # left open by a call interrupted between BEGIN and its try
         conn.execute("ROLLBACK")
     conn.execute(begin)
     return conn
 
 
-def _blob_exists(conn: sqlite3.Connection, run: int, name: str) -> bool:
+def _blob_exists(conn: apsw.Connection, run: int, name: str) -> bool:
     query = "SELECT 1 FROM blobs WHERE run = ? AND name = ?"
     return conn.execute(query, (run, name)).fetchone() is not None
 
 
-def _collect(conn: sqlite3.Connection, run: int) -> None:
+def _collect(conn: apsw.Connection, run: int) -> None:
     """Delete every blob of the run that no remaining savepoint refers to."""
     conn.execute(
         "DELETE FROM blobs WHERE run = ? AND NOT EXISTS ("
@@ -522,10 +540,32 @@ def _collect(conn: sqlite3.Connection, run: int) -> None:
     )
 
 
-def _code(exc: sqlite3.Error) -> int:
-    """The primary result code (extended codes carry more detail in the high bits)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return -1 if code is None else int(code) & 0xFF
+def _code(exc: apsw.Error) -> int:
+    """The primary SQLite result code; -1 for apsw's own errors (closed connection, ...)."""
+    code = getattr(exc, "result", None)
+    return code if isinstance(code, int) else -1
+
+
+def _scalar(conn: apsw.Connection, query: str) -> Any:
+    """The one value of a query that returns one row: a pragma, a count, the counter."""
+    row = conn.execute(query).fetchone()
+    if row is None:  # only a file edited past statestore lacks the row
+        raise _StoreProblemError(f"the database file is damaged: {query!r} found no row")
+    return row[0]
+
+
+def _check_library(version: str) -> str:
+    """The SQLite library's version, when it is free of the WAL-reset bug; else ConfigError."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers < FIRST_SAFE_SQLITE:
+        raise ConfigError(
+            f"the SQLite store runs on SQLite {version} (through apsw "
+            f"{apsw.apsw_version()}), which has the WAL-reset bug: it can corrupt a "
+            "database that several connections write (https://sqlite.org/wal.html"
+            "#walresetbug). Fixed in SQLite 3.51.3: install apsw 3.51.3.0 or newer "
+            "(pip install -U apsw)"
+        )
+    return version
 
 
 def _check_path(path: str | os.PathLike[str]) -> str:
