@@ -256,6 +256,21 @@ def test_bad_keyword_options_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "a.db").exists()
 
 
+@pytest.mark.parametrize("timeout", ["2147483.648", "1e12"])
+def test_a_timeout_beyond_sqlites_limit_is_refused(tmp_path: Path, timeout: str) -> None:
+    # SQLite takes the busy timeout as a C int of milliseconds: 2**31 ms does not fit.
+    with pytest.raises(ConfigError, match=rf"timeout .* 0 to 2147483\.647 .*not {float(timeout)}"):
+        SQLiteStorage(tmp_path / "a.db", timeout=float(timeout))
+    with pytest.raises(ConfigError, match=r"timeout .* 0 to 2147483\.647"):
+        open_storage(f"sqlite:///{tmp_path}/a.db?timeout={timeout}")
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_the_largest_timeout_is_sqlites_largest(tmp_path: Path) -> None:
+    with SQLiteStorage(tmp_path / "a.db", timeout=(2**31 - 1) / 1000) as storage:
+        assert storage._connection().execute("PRAGMA busy_timeout").fetchone() == (2**31 - 1,)
+
+
 # ==================================================================== durability
 
 

@@ -47,7 +47,7 @@ from ..errors import BackendError, ConfigError
 from ._base import MissingBlobsError, SavepointInfo, Storage
 from ._layout import SavepointRecord
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
+__all__ = ["APPLICATION_ID", "MAX_TIMEOUT", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 #: ``PRAGMA application_id`` of a statestore file ("StSt"): tells our files from others.
 APPLICATION_ID = 0x53745374
@@ -95,6 +95,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 DEFAULT_TIMEOUT = 30.0
+#: SQLite takes the busy timeout as a C int of milliseconds.
+MAX_TIMEOUT = (2**31 - 1) / 1000
 #: The first SQLite release without the WAL-reset bug.
 FIRST_SAFE_SQLITE = (3, 51, 3)
 #: Keep the WAL file from staying as large as the biggest save ever made.
@@ -135,9 +137,10 @@ class SQLiteStorage(Storage):
     """Savepoints in one SQLite database file, shared by threads and processes.
 
     ``timeout`` is how many seconds a write waits for another writer's lock before
-    failing with :class:`~statestore.errors.BackendError`. The parent directory is
-    created when missing. :attr:`sqlite_version` is the version of the SQLite library
-    the store runs on (apsw's bundled one).
+    failing with :class:`~statestore.errors.BackendError`, at most :data:`MAX_TIMEOUT`
+    (SQLite takes it as a C int of milliseconds). The parent directory is created when
+    missing. :attr:`sqlite_version` is the version of the SQLite library the store runs
+    on (apsw's bundled one).
     """
 
     driver_errors = (apsw.Error, OSError, _StoreProblemError)
@@ -588,9 +591,12 @@ def _check_timeout(timeout: Any) -> float:
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not math.isfinite(timeout)
-        or timeout < 0
+        or not 0 <= timeout <= MAX_TIMEOUT
     ):
-        raise ConfigError(f"SQLite timeout must be a number of seconds >= 0, not {timeout!r}")
+        raise ConfigError(
+            f"SQLite timeout must be a number of seconds from 0 to {MAX_TIMEOUT} "
+            f"(SQLite's limit, about 24.8 days), not {timeout!r}"
+        )
     return float(timeout)
 
 
