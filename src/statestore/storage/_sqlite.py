@@ -25,7 +25,23 @@ can corrupt a WAL database when two connections write or checkpoint at the same 
 (the "WAL-reset bug", https://sqlite.org/wal.html#walresetbug), which is what several
 processes saving into one store do. A library older than 3.51.3 is refused at open.
 apsw connections are in autocommit mode unless a ``BEGIN`` is issued: every
-transaction here is explicit.
+transaction here is explicit (a lone SELECT is its own).
+
+An open SQLite connection keeps using the file it opened, even once that file is
+unlinked or another is renamed over it: its commits would "succeed" into a file no
+later reader finds (https://sqlite.org/howtocorrupt.html, "Unlinking or renaming a
+database file while in use"). The store
+remembers the database file's identity (device, inode) when it first opens it; every
+connection it opens and every read checks the path against it (one ``stat``), and every
+write transaction, under the write lock, also checks that the ``-wal`` and ``-shm``
+files of WAL mode (which exist while any connection holds the database open) are still
+there (three). A mismatch is a BackendError and nothing is written. As SQLite finds a
+``-wal`` by the path, the lost file's log is then emptied into the lost file, so that
+it is not replayed onto whatever file is put at the path (see ``_empty_log``).
+
+The savepoints table's ``ts``, ``entity_count`` and ``size`` columns are outside every
+checksum; a row whose ``ts`` is not a non-negative integer is left out of every
+listing, and a damaged count or size lists as 0.
 """
 
 from __future__ import annotations
@@ -110,6 +126,10 @@ _CONNECTION_PRAGMAS = (
 )
 
 _RUN_KEY = "SELECT id, writer_token FROM runs WHERE run_id = ?"
+#: A savepoints row the library could have written: others are edits past it.
+_WHOLE_TS = "typeof(s.ts) = 'integer' AND s.ts >= 0"
+#: The files of WAL mode beside the database, which must not vanish under a connection.
+_WAL_FILES = (("-wal", "write-ahead log"), ("-shm", "WAL index"))
 
 # One line per primary SQLite result code a user can act on.
 _PLAIN_ERRORS = {
@@ -127,10 +147,18 @@ _CANNOT_WRITE = (apsw.SQLITE_CANTOPEN, apsw.SQLITE_READONLY)
 class _Connection(apsw.Connection):
     """This backend's connection: weakly referable, so a dead thread's one is freed."""
 
+    #: Its ``data_version()`` when it last found the store's files in place (or
+    #: committed): unchanged since, nobody has committed into the -wal since then.
+    checked_version: int | None = None
+
 
 class _StoreProblemError(Exception):
     """What this backend (not SQLite) found wrong with the store; one of its driver
     errors, so the base reports it as BackendError naming run and timestamp."""
+
+
+class _FileLostError(_StoreProblemError):
+    """The file at the store's path (if any) is not the one its connections have open."""
 
 
 class SQLiteStorage(Storage):
@@ -168,6 +196,8 @@ class SQLiteStorage(Storage):
         # shared-memory file can be created, so nobody can be writing the file either.
         self._read_only = False
         self._immutable = False
+        # (st_dev, st_ino) of the database file when this store first opened it.
+        self._identity: tuple[int, int] | None = None
         _open_storages.add(self)
         try:
             with self._boundary():
@@ -232,6 +262,7 @@ class SQLiteStorage(Storage):
                 if self._schema_version(conn) < SCHEMA_VERSION:
                     with self._write() as locked:
                         self._migrate(locked)
+                self._check_files(conn)  # the files as they are now: see _empty_log
             except apsw.Error as exc:
                 cannot_write = _code(exc) in _CANNOT_WRITE
                 if created or not cannot_write or not os.path.isfile(self.path):
@@ -306,24 +337,114 @@ class SQLiteStorage(Storage):
             if os.path.exists(self.path + "-shm"):
                 self._immutable = False
         if conn is None:
-            target, flags = self.path, apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-            if self._read_only:
-                target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
-                target += "&immutable=1" if self._immutable else ""
-                flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
-            conn = _Connection(target, flags=flags)
-            try:
-                # Writers of several threads and processes queue this long for the lock.
-                conn.set_busy_timeout(int(self.timeout * 1000))
-                for pragma in _CONNECTION_PRAGMAS:
-                    conn.execute(pragma)
-            except BaseException:
-                conn.close()
-                raise
-            with self._connections_lock:
-                self._connections.add(conn)
-            self._local.conn = conn
+            conn = self._local.conn = self._new_connection()
         return conn
+
+    def _new_connection(self) -> _Connection:
+        target, flags = self.path, apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        if self._read_only:
+            target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
+            target += "&immutable=1" if self._immutable else ""
+            flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+        conn = _Connection(target, flags=flags)
+        try:
+            # Before anything reads it: a file put in the store's place since is not ours.
+            self._check_identity()
+            # Writers of several threads and processes queue this long for the lock.
+            conn.set_busy_timeout(int(self.timeout * 1000))
+            for pragma in _CONNECTION_PRAGMAS:
+                conn.execute(pragma)
+        except BaseException:
+            conn.close()
+            raise
+        with self._connections_lock:
+            self._connections.add(conn)
+        return conn
+
+    def _check_identity(self) -> None:
+        """Refuse a database file deleted, or replaced, since this store first opened it.
+
+        The identity is the store's, not a connection's: a connection opened after a
+        restore over the live file would otherwise take the new file for the old one.
+        """
+        try:
+            found = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _FileLostError(
+                "the database file was deleted while the store had it open; the store "
+                "reads and saves nothing more (opening it again starts a new, empty file)"
+            ) from None
+        identity = (found.st_dev, found.st_ino)
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            raise _FileLostError(
+                "the database file was replaced by another file while the store had it "
+                "open (a restore or copy over a live store?); the store reads and saves "
+                "nothing more: close it and open it again to use the file now there"
+            )
+
+    def _check_file(self, conn: _Connection) -> None:
+        """:meth:`_check_identity` for ``conn``, a connection opened on the store's file."""
+        try:
+            self._check_identity()
+        except _FileLostError:
+            self._empty_log(conn)
+            raise
+        conn.checked_version = conn.data_version()
+
+    def _check_files(self, conn: _Connection) -> None:
+        """:meth:`_check_file`, then the -wal and -shm files of WAL mode: before writing.
+
+        Called once ``conn`` has read or locked the database, so it holds them open: the
+        last connection to close deletes them, never one while others are open, so a
+        missing one was deleted behind SQLite's back. Commits into a deleted -wal are
+        lost to every later reader, and connections on a new -shm do not see this one's
+        locks. A read-only store writes nothing and may have neither file.
+        """
+        self._check_file(conn)
+        if not self._read_only:
+            for suffix, what in self._wal_files():
+                try:
+                    os.stat(self.path + suffix)
+                except FileNotFoundError:
+                    if _scalar(conn, "PRAGMA journal_mode") != "wal":
+                        break  # switched out of WAL by someone while no connection was open
+                    raise _StoreProblemError(
+                        f"its {what} {self.path}{suffix} was deleted while the store had it "
+                        "open; nothing more is written (commits since the last checkpoint "
+                        "may be lost): close the store and open it again"
+                    ) from None
+
+    def _wal_files(self) -> tuple[tuple[str, str], ...]:
+        """The WAL files to check: a forked child's connections share the WAL index the
+        parent had open (SQLite keeps one per file and process, and the child inherits
+        the parent's), which the parent's close unlinks while the child goes on using it."""
+        return _WAL_FILES[:1] if self._inherited else _WAL_FILES
+
+    def _empty_log(self, conn: _Connection) -> None:
+        """Checkpoint the -wal at the path into the lost database file, and truncate it.
+
+        SQLite finds a database's -wal by its path, so a file that takes the lost one's
+        place would get the lost file's log replayed onto it when next opened; and a lost
+        file moved aside (a backup) gets the commits still in it. Only while nobody has
+        committed since ``conn`` last found the files in place: a later commit may be
+        one into the new file, which this would take from it. Best effort, never waiting.
+        """
+        if self._read_only:
+            return
+        with contextlib.suppress(apsw.Error, _StoreProblemError):
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+                _scalar(conn, "PRAGMA user_version")  # a read: the log as it is now
+            unchanged = conn.checked_version == conn.data_version()
+            conn.execute("ROLLBACK")  # nothing was written: the check comes first
+            if unchanged:
+                conn.set_busy_timeout(0)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    conn.set_busy_timeout(int(self.timeout * 1000))
 
     def _after_fork(self) -> None:
         """In a forked child, before it runs anything else: forget the parent's connections.
@@ -338,13 +459,15 @@ class SQLiteStorage(Storage):
         self._local = threading.local()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[apsw.Connection]:
+    def _write(self) -> Iterator[_Connection]:
         """One write transaction. IMMEDIATE takes the write lock up front, so writers
         queue on the busy timeout instead of failing when both upgrade from reading."""
         conn = _begin(self._connection(), "BEGIN IMMEDIATE")
         try:
+            self._check_files(conn)  # under the write lock: nothing is written until it passes
             yield conn
             conn.execute("COMMIT")
+            conn.checked_version = conn.data_version()  # this commit is not a stranger's
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(apsw.Error):  # keep the original error
@@ -352,21 +475,52 @@ class SQLiteStorage(Storage):
             raise
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[apsw.Connection]:
+    def _read(self) -> Iterator[_Connection]:
         """One read transaction: several SELECTs see one snapshot."""
         conn = _begin(self._connection(), "BEGIN")
         try:
             yield conn
+        except apsw.Error:
+            self._check_file(conn)  # a lost file explains a failed read best
+            raise
+        else:
+            # After the reads: what they found is thrown away when the file it came from
+            # is no longer the store's. (A lost -wal or -shm costs commits and locks, so
+            # writes check them; what is read from them is checksummed.)
+            self._check_file(conn)
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
+
+    def _query(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one SELECT (one snapshot by itself), read as :meth:`_read` does."""
+        conn = self._connection()
+        try:
+            rows = conn.execute(query, params).fetchall()
+        except apsw.Error:
+            self._check_file(conn)  # a lost file explains a failed read best
+            raise
+        self._check_file(conn)  # see _read
+        return rows
 
     def _close(self) -> None:
         with self._connections_lock:
             connections = list(self._connections)
             self._connections = weakref.WeakSet()
+        if connections and self._lost():  # SQLite leaves a moved file's WAL in place
+            own = getattr(self._local, "conn", None)
+            self._empty_log(own if own in connections else connections[0])
         for conn in connections:
             conn.close()
+
+    def _lost(self) -> bool:
+        try:
+            self._check_identity()
+        except _FileLostError:
+            return True
+        except OSError:
+            pass
+        return False
 
     def _describe_failure(self, exc: BaseException) -> str:
         if isinstance(exc, _StoreProblemError):
@@ -395,12 +549,10 @@ class SQLiteStorage(Storage):
             conn.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
 
     def _run_exists(self, run_id: str) -> bool:
-        conn = self._connection()
-        return conn.execute(_RUN_KEY, (run_id,)).fetchone() is not None
+        return bool(self._query(_RUN_KEY, (run_id,)))
 
     def _list_run_ids(self) -> list[str]:
-        conn = self._connection()
-        return [run_id for (run_id,) in conn.execute("SELECT run_id FROM runs")]
+        return [run_id for (run_id,) in self._query("SELECT run_id FROM runs")]
 
     def _drop_run(self, run_id: str) -> None:
         with self._write() as conn:  # the foreign keys cascade to everything of the run
@@ -449,16 +601,15 @@ class SQLiteStorage(Storage):
                 _collect(conn, run)
 
     def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
-        conn = self._connection()
         select = (
             "SELECT s.ts, s.manifest FROM savepoints s JOIN runs r ON r.id = s.run "
-            "WHERE r.run_id = ?"
+            f"WHERE r.run_id = ? AND {_WHOLE_TS}"
         )
         if timestamp is None:
-            found = conn.execute(f"{select} ORDER BY s.ts DESC LIMIT 1", (run_id,)).fetchone()
+            found = self._query(f"{select} ORDER BY s.ts DESC LIMIT 1", (run_id,))
         else:
-            found = conn.execute(f"{select} AND s.ts = ?", (run_id, timestamp)).fetchone()
-        return None if found is None else (int(found[0]), _as_bytes(found[1]))
+            found = self._query(f"{select} AND s.ts = ?", (run_id, timestamp))
+        return (int(found[0][0]), _as_bytes(found[0][1])) if found else None
 
     def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -474,13 +625,18 @@ class SQLiteStorage(Storage):
         return found
 
     def _index(self, run_id: str) -> list[SavepointInfo]:
-        conn = self._connection()
-        rows = conn.execute(
-            "SELECT s.ts, s.entity_count, s.size FROM savepoints s JOIN runs r ON r.id = s.run "
-            "WHERE r.run_id = ? ORDER BY s.ts",
+        # A row with a damaged ts has no timestamp to list it under; a damaged count or
+        # size is only a figure: the row stays listed, to be verified, skipped, pruned.
+        rows = self._query(
+            "SELECT s.ts, s.entity_count, s.size FROM savepoints s "
+            f"JOIN runs r ON r.id = s.run WHERE r.run_id = ? AND {_WHOLE_TS} ORDER BY s.ts",
             (run_id,),
         )
-        return [SavepointInfo(int(ts), int(count), int(size)) for ts, count, size in rows]
+        return [
+            SavepointInfo(ts, _count(count), _count(size))
+            for ts, count, size in rows
+            if type(ts) is int  # as the query made sure; said again for the type checker
+        ]
 
     def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None:
         with self._write() as conn:
@@ -496,6 +652,8 @@ class SQLiteStorage(Storage):
 
     def _compact(self) -> None:
         conn = self._connection()
+        _scalar(conn, "PRAGMA user_version")  # a read: the connection holds the WAL open
+        self._check_files(conn)
         conn.execute("VACUUM")  # rewrites the database into the WAL, without free pages
         # ...then back, shrinking both files (fetched: a statement runs until its last row).
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
@@ -541,6 +699,11 @@ def _collect(conn: apsw.Connection, run: int) -> None:
         "SELECT 1 FROM savepoint_refs r WHERE r.run = blobs.run AND r.name = blobs.name)",
         (run,),
     )
+
+
+def _count(value: object) -> int:
+    """A stored entity count or size; a value the library never writes reads as 0."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 def _code(exc: apsw.Error) -> int:
