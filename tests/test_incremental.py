@@ -43,7 +43,7 @@ def _sqlite_blobs(storage: Storage, run_id: str) -> dict[str, int]:
         "SELECT b.name, length(b.data) FROM blobs b JOIN runs r ON b.run = r.id WHERE r.run_id = ?",
         (run_id,),
     )
-    return dict(rows.fetchall())
+    return {str(name): int(size) for name, size in rows}
 
 
 BACKENDS: dict[str, tuple[Callable[[Path], str], StoredBlobs]] = {

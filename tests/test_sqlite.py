@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 from statestore.errors import BackendError, ConfigError, CorruptSavepointError, StaleWriterError
@@ -25,9 +25,22 @@ from statestore.testing._worker import payload, wholeness_problem
 from statestore.testing.conformance import Part
 
 
-def _raw(path: str | Path) -> sqlite3.Connection:
-    """A plain sqlite3 connection: the back door past every check of the library."""
-    return sqlite3.connect(path, isolation_level=None)
+def _raw(path: str | Path) -> apsw.Connection:
+    """A plain connection: the back door past every check of the library.
+
+    apsw, the library the store runs on: a second SQLite library in one process (Python's
+    sqlite3) does not see the store's locks, and closing it deletes the WAL under the
+    store's connections (https://sqlite.org/howtocorrupt.html, "multiple copies of SQLite").
+    """
+    return apsw.Connection(str(path))
+
+
+def _one(conn: apsw.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    """The value of a query that returns one row of one column."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    (value,) = row
+    return value
 
 
 class TestSQLite(StorageConformance):
@@ -45,11 +58,10 @@ class TestSQLite(StorageConformance):
     ) -> None:
         assert isinstance(storage, SQLiteStorage)
         with contextlib.closing(_raw(storage.path)) as conn:
-            (run,) = conn.execute("SELECT id FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            run = _one(conn, "SELECT id FROM runs WHERE run_id = ?", (run_id,))
             if part == "manifest":
-                (old,) = conn.execute(
-                    "SELECT manifest FROM savepoints WHERE run = ? AND ts = ?", (run, timestamp)
-                ).fetchone()
+                query = "SELECT manifest FROM savepoints WHERE run = ? AND ts = ?"
+                old = _one(conn, query, (run, timestamp))
                 conn.execute(
                     "UPDATE savepoints SET manifest = ? WHERE run = ? AND ts = ?",
                     (mutate(old), run, timestamp),
@@ -60,9 +72,7 @@ class TestSQLite(StorageConformance):
             ).fetchall()
             assert names, "the savepoint refers to no pack"
             for (name,) in names:
-                (old,) = conn.execute(
-                    "SELECT data FROM blobs WHERE run = ? AND name = ?", (run, name)
-                ).fetchone()
+                old = _one(conn, "SELECT data FROM blobs WHERE run = ? AND name = ?", (run, name))
                 conn.execute(
                     "UPDATE blobs SET data = ? WHERE run = ? AND name = ?", (mutate(old), run, name)
                 )
@@ -100,7 +110,7 @@ def test_pragmas_are_set(db_path: Path) -> None:
 
 
 def test_every_thread_gets_a_configured_connection(storage: SQLiteStorage) -> None:
-    found: list[tuple[object, ...]] = []
+    found: list[object] = []
 
     def probe() -> None:
         conn = storage._connection()
@@ -246,6 +256,21 @@ def test_bad_keyword_options_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "a.db").exists()
 
 
+@pytest.mark.parametrize("timeout", ["2147483.648", "1e12"])
+def test_a_timeout_beyond_sqlites_limit_is_refused(tmp_path: Path, timeout: str) -> None:
+    # SQLite takes the busy timeout as a C int of milliseconds: 2**31 ms does not fit.
+    with pytest.raises(ConfigError, match=rf"timeout .* 0 to 2147483\.647 .*not {float(timeout)}"):
+        SQLiteStorage(tmp_path / "a.db", timeout=float(timeout))
+    with pytest.raises(ConfigError, match=r"timeout .* 0 to 2147483\.647"):
+        open_storage(f"sqlite:///{tmp_path}/a.db?timeout={timeout}")
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_the_largest_timeout_is_sqlites_largest(tmp_path: Path) -> None:
+    with SQLiteStorage(tmp_path / "a.db", timeout=(2**31 - 1) / 1000) as storage:
+        assert storage._connection().execute("PRAGMA busy_timeout").fetchone() == (2**31 - 1,)
+
+
 # ==================================================================== durability
 
 
@@ -358,7 +383,7 @@ def test_lock_held_past_the_timeout_is_a_backend_error(db_path: Path) -> None:
             with pytest.raises(BackendError, match=r"locked.*0\.05 s") as raised:
                 storage.save_savepoint("run", 2, [("a", 2)])
             assert "'run'" in str(raised.value)
-            assert raised.value.__cause__ is None  # no sqlite3 traceback attached
+            assert raised.value.__cause__ is None  # no apsw traceback attached
             with pytest.raises(BackendError, match="locked"):
                 storage.init_storage("other")
             assert storage.get_latest_savepoint("run") == (1, [("a", 1)])  # WAL: reads go on
@@ -412,7 +437,7 @@ def _blob_names(path: Path, run_id: str) -> tuple[set[str], set[str]]:
             "SELECT s.name FROM savepoint_refs s JOIN runs r ON r.id = s.run WHERE r.run_id = ?",
             (run_id,),
         ).fetchall()
-    return {name for (name,) in blobs}, {name for (name,) in refs}
+    return {str(name) for (name,) in blobs}, {str(name) for (name,) in refs}
 
 
 def test_pruning_and_replacing_free_exactly_the_unreferenced_blobs(

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from .. import ops
-from ..storage import redact_url
+from ..storage import SQLiteStorage, redact_url
 from ._common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, Commands, open_store
 from .output import Output, format_date, format_size, is_abbreviated, to_json
 
@@ -165,7 +165,9 @@ def stats(args: argparse.Namespace, out: Output) -> int:
     with open_store(args.url) as storage:
         if args.run is None:
             summaries = ops.run_summaries(storage)
-            return _store_stats(args, out, summaries)
+            # Which SQLite a store runs on decides whether it has the WAL-reset bug.
+            library = storage.sqlite_version if isinstance(storage, SQLiteStorage) else None
+            return _store_stats(args, out, summaries, library)
         run_stats = ops.run_stats(storage, args.run, top=args.top)
     if args.json:
         out.json(dataclasses.asdict(run_stats))
@@ -215,7 +217,12 @@ def stats(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _store_stats(args: argparse.Namespace, out: Output, summaries: list[ops.RunSummary]) -> int:
+def _store_stats(
+    args: argparse.Namespace,
+    out: Output,
+    summaries: list[ops.RunSummary],
+    sqlite_library: str | None,
+) -> int:
     total = sum(s.size or 0 for s in summaries)
     count = sum(s.savepoints or 0 for s in summaries)
     if args.json:
@@ -246,4 +253,6 @@ def _store_stats(args: argparse.Namespace, out: Output, summaries: list[ops.RunS
             ],
             right=["savepoints", "size", "share"],
         )
+    if sqlite_library is not None:
+        out.line(f"SQLite library: {sqlite_library}")
     return EXIT_OK

@@ -18,6 +18,30 @@ still refers to. The schema is created by numbered migrations recorded in
 Each thread uses its own connection (SQLite connections are not for concurrent use);
 :meth:`SQLiteStorage.close` closes all of them. After ``fork()`` the child opens its
 own connections and never touches the inherited ones (``os.register_at_fork``).
+
+The store runs on the SQLite library that apsw bundles, not on the one Python's
+``sqlite3`` module links (often the operating system's, older): SQLite 3.7.0 to 3.51.2
+can corrupt a WAL database when two connections write or checkpoint at the same moment
+(the "WAL-reset bug", https://sqlite.org/wal.html#walresetbug), which is what several
+processes saving into one store do. A library older than 3.51.3 is refused at open.
+apsw connections are in autocommit mode unless a ``BEGIN`` is issued: every
+transaction here is explicit (a lone SELECT is its own).
+
+An open SQLite connection keeps using the file it opened, even once that file is
+unlinked or another is renamed over it: its commits would "succeed" into a file no
+later reader finds (https://sqlite.org/howtocorrupt.html, "Unlinking or renaming a
+database file while in use"). The store
+remembers the database file's identity (device, inode) when it first opens it; every
+connection it opens and every read checks the path against it (one ``stat``), and every
+write transaction, under the write lock, also checks that the ``-wal`` and ``-shm``
+files of WAL mode (which exist while any connection holds the database open) are still
+there (three). A mismatch is a BackendError and nothing is written. As SQLite finds a
+``-wal`` by the path, the lost file's log is then emptied into the lost file, so that
+it is not replayed onto whatever file is put at the path (see ``_empty_log``).
+
+The savepoints table's ``ts``, ``entity_count`` and ``size`` columns are outside every
+checksum; a row whose ``ts`` is not a non-negative integer is left out of every
+listing, and a damaged count or size lists as 0.
 """
 
 from __future__ import annotations
@@ -25,19 +49,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sqlite3
+import re
 import threading
 import urllib.parse
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import apsw
+
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError
 from ._base import MissingBlobsError, SavepointInfo, Storage
 from ._layout import SavepointRecord
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
+__all__ = ["APPLICATION_ID", "MAX_TIMEOUT", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
 #: ``PRAGMA application_id`` of a statestore file ("StSt"): tells our files from others.
 APPLICATION_ID = 0x53745374
@@ -85,6 +111,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 DEFAULT_TIMEOUT = 30.0
+#: SQLite takes the busy timeout as a C int of milliseconds.
+MAX_TIMEOUT = (2**31 - 1) / 1000
+#: The first SQLite release without the WAL-reset bug.
+FIRST_SAFE_SQLITE = (3, 51, 3)
 #: Keep the WAL file from staying as large as the biggest save ever made.
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 _CONNECTION_PRAGMAS = (
@@ -96,32 +126,55 @@ _CONNECTION_PRAGMAS = (
 )
 
 _RUN_KEY = "SELECT id, writer_token FROM runs WHERE run_id = ?"
+#: A savepoints row the library could have written: others are edits past it.
+_WHOLE_TS = "typeof(s.ts) = 'integer' AND s.ts >= 0"
+#: The files of WAL mode beside the database, which must not vanish under a connection.
+_WAL_FILES = (("-wal", "write-ahead log"), ("-shm", "WAL index"))
 
 # One line per primary SQLite result code a user can act on.
 _PLAIN_ERRORS = {
-    sqlite3.SQLITE_READONLY: "the database is read-only (file permissions, read-only mount)",
-    sqlite3.SQLITE_FULL: "the disk is full",
-    sqlite3.SQLITE_CORRUPT: "the database file is damaged",
-    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database",
-    sqlite3.SQLITE_CANTOPEN: "cannot open the database file (missing or unwritable directory?)",
-    sqlite3.SQLITE_PERM: "permission denied",
-    sqlite3.SQLITE_NOMEM: "out of memory",
+    apsw.SQLITE_READONLY: "the database is read-only (file permissions, read-only mount)",
+    apsw.SQLITE_FULL: "the disk is full",
+    apsw.SQLITE_CORRUPT: "the database file is damaged",
+    apsw.SQLITE_NOTADB: "the file is not a SQLite database",
+    apsw.SQLITE_CANTOPEN: "cannot open the database file (missing or unwritable directory?)",
+    apsw.SQLITE_PERM: "permission denied",
+    apsw.SQLITE_NOMEM: "out of memory",
 }
+_CANNOT_WRITE = (apsw.SQLITE_CANTOPEN, apsw.SQLITE_READONLY)
 
 
-class _Connection(sqlite3.Connection):
-    """A connection that can be weakly referenced, so a dead thread's one is freed."""
+class _Connection(apsw.Connection):
+    """This backend's connection: weakly referable, so a dead thread's one is freed."""
+
+    #: Its ``data_version()`` when it last found the store's files in place (or
+    #: committed): unchanged since, nobody has committed into the -wal since then.
+    checked_version: int | None = None
+
+
+class _StoreProblemError(Exception):
+    """What this backend (not SQLite) found wrong with the store; one of its driver
+    errors, so the base reports it as BackendError naming run and timestamp."""
+
+
+class _FileLostError(_StoreProblemError):
+    """The file at the store's path (if any) is not the one its connections have open."""
 
 
 class SQLiteStorage(Storage):
     """Savepoints in one SQLite database file, shared by threads and processes.
 
     ``timeout`` is how many seconds a write waits for another writer's lock before
-    failing with :class:`~statestore.errors.BackendError`. The parent directory is
-    created when missing.
+    failing with :class:`~statestore.errors.BackendError`, at most :data:`MAX_TIMEOUT`
+    (SQLite takes it as a C int of milliseconds). The parent directory is created when
+    missing. :attr:`sqlite_version` is the version of the SQLite library the store runs
+    on (apsw's bundled one).
     """
 
-    driver_errors = (sqlite3.Error, OSError)
+    driver_errors = (apsw.Error, OSError, _StoreProblemError)
+
+    #: The SQLite library this store runs on, e.g. ``"3.54.1"``; at least 3.51.3.
+    sqlite_version: str
 
     def __init__(
         self,
@@ -131,6 +184,7 @@ class SQLiteStorage(Storage):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(codec)
+        self.sqlite_version = _check_library(apsw.sqlite_lib_version())
         self.path = _check_path(path)
         self.timeout = _check_timeout(timeout)
         self._local = threading.local()
@@ -142,6 +196,8 @@ class SQLiteStorage(Storage):
         # shared-memory file can be created, so nobody can be writing the file either.
         self._read_only = False
         self._immutable = False
+        # (st_dev, st_ino) of the database file when this store first opened it.
+        self._identity: tuple[int, int] | None = None
         _open_storages.add(self)
         try:
             with self._boundary():
@@ -206,13 +262,14 @@ class SQLiteStorage(Storage):
                 if self._schema_version(conn) < SCHEMA_VERSION:
                     with self._write() as locked:
                         self._migrate(locked)
-            except sqlite3.OperationalError as exc:
-                cannot_write = _code(exc) in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+                self._check_files(conn)  # the files as they are now: see _empty_log
+            except apsw.Error as exc:
+                cannot_write = _code(exc) in _CANNOT_WRITE
                 if created or not cannot_write or not os.path.isfile(self.path):
                     raise
                 self._open_read_only()
-        except sqlite3.DatabaseError as exc:
-            if _code(exc) == sqlite3.SQLITE_NOTADB:
+        except apsw.Error as exc:
+            if _code(exc) == apsw.SQLITE_NOTADB:
                 raise ConfigError(f"{self.path} is not a SQLite database") from None
             raise
         if created:  # the new file's directory entry must survive a power loss too
@@ -225,8 +282,8 @@ class SQLiteStorage(Storage):
         self._read_only = True
         try:
             version = self._schema_version(self._connection())
-        except sqlite3.OperationalError as exc:
-            if _code(exc) not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
+        except apsw.Error as exc:
+            if _code(exc) not in _CANNOT_WRITE:
                 raise
             # A WAL file closed cleanly has no -shm file, and a read-only directory
             # cannot get one: nobody can write it then, so read it as immutable.
@@ -240,10 +297,10 @@ class SQLiteStorage(Storage):
                 f"writable once so statestore can upgrade it to {SCHEMA_VERSION}"
             )
 
-    def _schema_version(self, conn: sqlite3.Connection) -> int:
+    def _schema_version(self, conn: apsw.Connection) -> int:
         """The file's schema version; ConfigError for a file that is not ours to use."""
-        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        app_id = _scalar(conn, "PRAGMA application_id")
+        version = _scalar(conn, "PRAGMA user_version")
         if app_id not in (0, APPLICATION_ID):
             raise ConfigError(f"{self.path} is a SQLite database of another application")
         if version > SCHEMA_VERSION:
@@ -251,15 +308,14 @@ class SQLiteStorage(Storage):
                 f"{self.path} has statestore schema version {version}, newer than the "
                 f"{SCHEMA_VERSION} this statestore knows: upgrade statestore to open it"
             )
-        if version == 0:
-            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            if tables:  # never add our tables to someone else's database
-                raise ConfigError(
-                    f"{self.path} is a SQLite database with tables of another application"
-                )
+        # Never add our tables to someone else's database.
+        if version == 0 and _scalar(conn, "SELECT count(*) FROM sqlite_master"):
+            raise ConfigError(
+                f"{self.path} is a SQLite database with tables of another application"
+            )
         return int(version)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: apsw.Connection) -> None:
         """Apply the missing migrations inside the caller's write transaction."""
         version = self._schema_version(conn)  # again: another process may have migrated
         for statements in MIGRATIONS[version:]:
@@ -268,7 +324,7 @@ class SQLiteStorage(Storage):
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> _Connection:
         """This thread's connection, opened on first use."""
         if self._closed:
             raise BackendError(f"{self!r} is closed")
@@ -281,28 +337,114 @@ class SQLiteStorage(Storage):
             if os.path.exists(self.path + "-shm"):
                 self._immutable = False
         if conn is None:
-            target, uri = self.path, False
-            if self._read_only:
-                target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
-                target, uri = target + ("&immutable=1" if self._immutable else ""), True
-            conn = sqlite3.connect(
-                target,
-                uri=uri,
-                timeout=self.timeout,
-                isolation_level=None,  # we issue BEGIN and COMMIT ourselves
-                check_same_thread=False,  # only so close() may close every thread's one
-                factory=_Connection,
-            )
-            try:
-                for pragma in _CONNECTION_PRAGMAS:
-                    conn.execute(pragma)
-            except BaseException:
-                conn.close()
-                raise
-            with self._connections_lock:
-                self._connections.add(conn)
-            self._local.conn = conn
+            conn = self._local.conn = self._new_connection()
         return conn
+
+    def _new_connection(self) -> _Connection:
+        target, flags = self.path, apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        if self._read_only:
+            target = f"file:{urllib.parse.quote(self.path)}?mode=ro"
+            target += "&immutable=1" if self._immutable else ""
+            flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+        conn = _Connection(target, flags=flags)
+        try:
+            # Before anything reads it: a file put in the store's place since is not ours.
+            self._check_identity()
+            # Writers of several threads and processes queue this long for the lock.
+            conn.set_busy_timeout(int(self.timeout * 1000))
+            for pragma in _CONNECTION_PRAGMAS:
+                conn.execute(pragma)
+        except BaseException:
+            conn.close()
+            raise
+        with self._connections_lock:
+            self._connections.add(conn)
+        return conn
+
+    def _check_identity(self) -> None:
+        """Refuse a database file deleted, or replaced, since this store first opened it.
+
+        The identity is the store's, not a connection's: a connection opened after a
+        restore over the live file would otherwise take the new file for the old one.
+        """
+        try:
+            found = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise _FileLostError(
+                "the database file was deleted while the store had it open; the store "
+                "reads and saves nothing more (opening it again starts a new, empty file)"
+            ) from None
+        identity = (found.st_dev, found.st_ino)
+        if self._identity is None:
+            self._identity = identity
+        elif identity != self._identity:
+            raise _FileLostError(
+                "the database file was replaced by another file while the store had it "
+                "open (a restore or copy over a live store?); the store reads and saves "
+                "nothing more: close it and open it again to use the file now there"
+            )
+
+    def _check_file(self, conn: _Connection) -> None:
+        """:meth:`_check_identity` for ``conn``, a connection opened on the store's file."""
+        try:
+            self._check_identity()
+        except _FileLostError:
+            self._empty_log(conn)
+            raise
+        conn.checked_version = conn.data_version()
+
+    def _check_files(self, conn: _Connection) -> None:
+        """:meth:`_check_file`, then the -wal and -shm files of WAL mode: before writing.
+
+        Called once ``conn`` has read or locked the database, so it holds them open: the
+        last connection to close deletes them, never one while others are open, so a
+        missing one was deleted behind SQLite's back. Commits into a deleted -wal are
+        lost to every later reader, and connections on a new -shm do not see this one's
+        locks. A read-only store writes nothing and may have neither file.
+        """
+        self._check_file(conn)
+        if not self._read_only:
+            for suffix, what in self._wal_files():
+                try:
+                    os.stat(self.path + suffix)
+                except FileNotFoundError:
+                    if _scalar(conn, "PRAGMA journal_mode") != "wal":
+                        break  # switched out of WAL by someone while no connection was open
+                    raise _StoreProblemError(
+                        f"its {what} {self.path}{suffix} was deleted while the store had it "
+                        "open; nothing more is written (commits since the last checkpoint "
+                        "may be lost): close the store and open it again"
+                    ) from None
+
+    def _wal_files(self) -> tuple[tuple[str, str], ...]:
+        """The WAL files to check: a forked child's connections share the WAL index the
+        parent had open (SQLite keeps one per file and process, and the child inherits
+        the parent's), which the parent's close unlinks while the child goes on using it."""
+        return _WAL_FILES[:1] if self._inherited else _WAL_FILES
+
+    def _empty_log(self, conn: _Connection) -> None:
+        """Checkpoint the -wal at the path into the lost database file, and truncate it.
+
+        SQLite finds a database's -wal by its path, so a file that takes the lost one's
+        place would get the lost file's log replayed onto it when next opened; and a lost
+        file moved aside (a backup) gets the commits still in it. Only while nobody has
+        committed since ``conn`` last found the files in place: a later commit may be
+        one into the new file, which this would take from it. Best effort, never waiting.
+        """
+        if self._read_only:
+            return
+        with contextlib.suppress(apsw.Error, _StoreProblemError):
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+                _scalar(conn, "PRAGMA user_version")  # a read: the log as it is now
+            unchanged = conn.checked_version == conn.data_version()
+            conn.execute("ROLLBACK")  # nothing was written: the check comes first
+            if unchanged:
+                conn.set_busy_timeout(0)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    conn.set_busy_timeout(int(self.timeout * 1000))
 
     def _after_fork(self) -> None:
         """In a forked child, before it runs anything else: forget the parent's connections.
@@ -317,45 +459,80 @@ class SQLiteStorage(Storage):
         self._local = threading.local()
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[_Connection]:
         """One write transaction. IMMEDIATE takes the write lock up front, so writers
         queue on the busy timeout instead of failing when both upgrade from reading."""
         conn = _begin(self._connection(), "BEGIN IMMEDIATE")
         try:
+            self._check_files(conn)  # under the write lock: nothing is written until it passes
             yield conn
             conn.execute("COMMIT")
+            conn.checked_version = conn.data_version()  # this commit is not a stranger's
         except BaseException:
             if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):  # keep the original error
+                with contextlib.suppress(apsw.Error):  # keep the original error
                     conn.execute("ROLLBACK")
             raise
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[_Connection]:
         """One read transaction: several SELECTs see one snapshot."""
         conn = _begin(self._connection(), "BEGIN")
         try:
             yield conn
+        except apsw.Error:
+            self._check_file(conn)  # a lost file explains a failed read best
+            raise
+        else:
+            # After the reads: what they found is thrown away when the file it came from
+            # is no longer the store's. (A lost -wal or -shm costs commits and locks, so
+            # writes check them; what is read from them is checksummed.)
+            self._check_file(conn)
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
+
+    def _query(self, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one SELECT (one snapshot by itself), read as :meth:`_read` does."""
+        conn = self._connection()
+        try:
+            rows = conn.execute(query, params).fetchall()
+        except apsw.Error:
+            self._check_file(conn)  # a lost file explains a failed read best
+            raise
+        self._check_file(conn)  # see _read
+        return rows
 
     def _close(self) -> None:
         with self._connections_lock:
             connections = list(self._connections)
             self._connections = weakref.WeakSet()
+        if connections and self._lost():  # SQLite leaves a moved file's WAL in place
+            own = getattr(self._local, "conn", None)
+            self._empty_log(own if own in connections else connections[0])
         for conn in connections:
             conn.close()
 
+    def _lost(self) -> bool:
+        try:
+            self._check_identity()
+        except _FileLostError:
+            return True
+        except OSError:
+            pass
+        return False
+
     def _describe_failure(self, exc: BaseException) -> str:
-        if isinstance(exc, sqlite3.Error):
+        if isinstance(exc, _StoreProblemError):
+            why = str(exc)
+        elif isinstance(exc, apsw.Error):
             code = _code(exc)
-            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if code in (apsw.SQLITE_BUSY, apsw.SQLITE_LOCKED):
                 why = (
                     f"database is locked: another process or thread held its write lock "
                     f"for more than the {self.timeout:g} s timeout"
                 )
-            elif code == sqlite3.SQLITE_IOERR:
+            elif code == apsw.SQLITE_IOERR:
                 why = f"I/O error ({exc})"
             else:
                 why = _PLAIN_ERRORS.get(code, f"{type(exc).__name__}: {exc}")
@@ -372,12 +549,10 @@ class SQLiteStorage(Storage):
             conn.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
 
     def _run_exists(self, run_id: str) -> bool:
-        conn = self._connection()
-        return conn.execute(_RUN_KEY, (run_id,)).fetchone() is not None
+        return bool(self._query(_RUN_KEY, (run_id,)))
 
     def _list_run_ids(self) -> list[str]:
-        conn = self._connection()
-        return [run_id for (run_id,) in conn.execute("SELECT run_id FROM runs")]
+        return [run_id for (run_id,) in self._query("SELECT run_id FROM runs")]
 
     def _drop_run(self, run_id: str) -> None:
         with self._write() as conn:  # the foreign keys cascade to everything of the run
@@ -391,9 +566,7 @@ class SQLiteStorage(Storage):
             # One counter for the whole file: a run deleted and created again never
             # hands out a token that a writer of its former life still holds.
             conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'writer_token'")
-            (token,) = conn.execute(
-                "SELECT value FROM counters WHERE name = 'writer_token'"
-            ).fetchone()
+            token = _scalar(conn, "SELECT value FROM counters WHERE name = 'writer_token'")
             conn.execute("UPDATE runs SET writer_token = ? WHERE id = ?", (token, found[0]))
             return int(token)
 
@@ -413,9 +586,8 @@ class SQLiteStorage(Storage):
                 "INSERT INTO blobs (run, name, data) VALUES (?, ?, ?)",
                 [(run, name, data) for name, data in record.blobs.items()],
             )
-            replaced = conn.execute(
-                "DELETE FROM savepoints WHERE run = ? AND ts = ?", (run, record.timestamp)
-            ).rowcount
+            conn.execute("DELETE FROM savepoints WHERE run = ? AND ts = ?", (run, record.timestamp))
+            replaced = conn.changes()
             conn.execute(
                 "INSERT INTO savepoints (run, ts, manifest, entity_count, size) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -429,16 +601,15 @@ class SQLiteStorage(Storage):
                 _collect(conn, run)
 
     def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
-        conn = self._connection()
         select = (
             "SELECT s.ts, s.manifest FROM savepoints s JOIN runs r ON r.id = s.run "
-            "WHERE r.run_id = ?"
+            f"WHERE r.run_id = ? AND {_WHOLE_TS}"
         )
         if timestamp is None:
-            found = conn.execute(f"{select} ORDER BY s.ts DESC LIMIT 1", (run_id,)).fetchone()
+            found = self._query(f"{select} ORDER BY s.ts DESC LIMIT 1", (run_id,))
         else:
-            found = conn.execute(f"{select} AND s.ts = ?", (run_id, timestamp)).fetchone()
-        return None if found is None else (int(found[0]), _as_bytes(found[1]))
+            found = self._query(f"{select} AND s.ts = ?", (run_id, timestamp))
+        return (int(found[0][0]), _as_bytes(found[0][1])) if found else None
 
     def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -454,13 +625,18 @@ class SQLiteStorage(Storage):
         return found
 
     def _index(self, run_id: str) -> list[SavepointInfo]:
-        conn = self._connection()
-        rows = conn.execute(
-            "SELECT s.ts, s.entity_count, s.size FROM savepoints s JOIN runs r ON r.id = s.run "
-            "WHERE r.run_id = ? ORDER BY s.ts",
+        # A row with a damaged ts has no timestamp to list it under; a damaged count or
+        # size is only a figure: the row stays listed, to be verified, skipped, pruned.
+        rows = self._query(
+            "SELECT s.ts, s.entity_count, s.size FROM savepoints s "
+            f"JOIN runs r ON r.id = s.run WHERE r.run_id = ? AND {_WHOLE_TS} ORDER BY s.ts",
             (run_id,),
         )
-        return [SavepointInfo(int(ts), int(count), int(size)) for ts, count, size in rows]
+        return [
+            SavepointInfo(ts, _count(count), _count(size))
+            for ts, count, size in rows
+            if type(ts) is int  # as the query made sure; said again for the type checker
+        ]
 
     def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None:
         with self._write() as conn:
@@ -476,8 +652,11 @@ class SQLiteStorage(Storage):
 
     def _compact(self) -> None:
         conn = self._connection()
+        _scalar(conn, "PRAGMA user_version")  # a read: the connection holds the WAL open
+        self._check_files(conn)
         conn.execute("VACUUM")  # rewrites the database into the WAL, without free pages
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # ...then back, shrinking both files
+        # ...then back, shrinking both files (fetched: a statement runs until its last row).
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 # -------------------------------------------------------------------- helpers
@@ -501,19 +680,19 @@ def _as_bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else b""
 
 
-def _begin(conn: sqlite3.Connection, begin: str) -> sqlite3.Connection:
+def _begin(conn: _Connection, begin: str) -> _Connection:
     if conn.in_transaction:  # left open by a call interrupted between BEGIN and its try
         conn.execute("ROLLBACK")
     conn.execute(begin)
     return conn
 
 
-def _blob_exists(conn: sqlite3.Connection, run: int, name: str) -> bool:
+def _blob_exists(conn: apsw.Connection, run: int, name: str) -> bool:
     query = "SELECT 1 FROM blobs WHERE run = ? AND name = ?"
     return conn.execute(query, (run, name)).fetchone() is not None
 
 
-def _collect(conn: sqlite3.Connection, run: int) -> None:
+def _collect(conn: apsw.Connection, run: int) -> None:
     """Delete every blob of the run that no remaining savepoint refers to."""
     conn.execute(
         "DELETE FROM blobs WHERE run = ? AND NOT EXISTS ("
@@ -522,10 +701,37 @@ def _collect(conn: sqlite3.Connection, run: int) -> None:
     )
 
 
-def _code(exc: sqlite3.Error) -> int:
-    """The primary result code (extended codes carry more detail in the high bits)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return -1 if code is None else int(code) & 0xFF
+def _count(value: object) -> int:
+    """A stored entity count or size; a value the library never writes reads as 0."""
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _code(exc: apsw.Error) -> int:
+    """The primary SQLite result code; -1 for apsw's own errors (closed connection, ...)."""
+    code = getattr(exc, "result", None)
+    return code if isinstance(code, int) else -1
+
+
+def _scalar(conn: apsw.Connection, query: str) -> Any:
+    """The one value of a query that returns one row: a pragma, a count, the counter."""
+    row = conn.execute(query).fetchone()
+    if row is None:  # only a file edited past statestore lacks the row
+        raise _StoreProblemError(f"the database file is damaged: {query!r} found no row")
+    return row[0]
+
+
+def _check_library(version: str) -> str:
+    """The SQLite library's version, when it is free of the WAL-reset bug; else ConfigError."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    if numbers < FIRST_SAFE_SQLITE:
+        raise ConfigError(
+            f"the SQLite store runs on SQLite {version} (through apsw "
+            f"{apsw.apsw_version()}), which has the WAL-reset bug: it can corrupt a "
+            "database that several connections write (https://sqlite.org/wal.html"
+            "#walresetbug). Fixed in SQLite 3.51.3: install apsw 3.51.3.0 or newer "
+            "(pip install -U apsw)"
+        )
+    return version
 
 
 def _check_path(path: str | os.PathLike[str]) -> str:
@@ -548,9 +754,12 @@ def _check_timeout(timeout: Any) -> float:
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not math.isfinite(timeout)
-        or timeout < 0
+        or not 0 <= timeout <= MAX_TIMEOUT
     ):
-        raise ConfigError(f"SQLite timeout must be a number of seconds >= 0, not {timeout!r}")
+        raise ConfigError(
+            f"SQLite timeout must be a number of seconds from 0 to {MAX_TIMEOUT} "
+            f"(SQLite's limit, about 24.8 days), not {timeout!r}"
+        )
     return float(timeout)
 
 
