@@ -16,10 +16,10 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statestore import StateStore, StateStoreError, open_storage
+from statestore import StateStore, StateStoreError, open_storage, ops
 from statestore.codecs import SafeCodec
-from statestore.errors import ConfigError, CorruptSavepointError
-from statestore.storage import MemoryStorage, Storage
+from statestore.errors import BackendError, ConfigError, CorruptSavepointError
+from statestore.storage import MemoryStorage, SavepointInfo, Storage
 from statestore.storage import _layout as layout
 from statestore.testing._worker import payload
 from statestore.testing.forgery import FORGERIES, manifest_fields, reseal
@@ -176,3 +176,17 @@ def test_start_falls_back_past_a_crafted_manifest(
         assert (resumed, timestamp) == (True, 60_000)
         assert [(entity.id, entity.state) for entity in entities] == payload(60_000)
         assert "savepoint 120000 is corrupt" in caplog.text
+
+
+def test_a_listing_that_reads_never_confirm_ends_in_a_backend_error() -> None:
+    # A backend (or a damaged store) that lists a savepoint its reads cannot find: the
+    # summary lists again a bounded number of times, then says so; no RecursionError.
+    class ListsAPhantom(MemoryStorage):
+        def _index(self, run_id: str) -> list[SavepointInfo]:
+            return [*super()._index(run_id), SavepointInfo(99_000, 1, 1)]
+
+    with ListsAPhantom() as storage:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, payload(60_000))
+        with pytest.raises(BackendError, match="pruned while they were sized"):
+            ops.run_summary(storage, "run")

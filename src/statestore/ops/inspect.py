@@ -76,21 +76,35 @@ class RunStats:
     entity_count: int
 
 
+#: How often :func:`run_summary` and :func:`run_stats` list a run again when a prune
+#: removed a listed savepoint before it could be read.
+STATS_ATTEMPTS = 20
+
+
 def run_summary(storage: Storage, run_id: str) -> RunSummary:
-    """Savepoint count, latest timestamp and size of one run (NoSavepointError if unknown)."""
+    """Savepoint count, latest timestamp and size of one run (NoSavepointError if unknown).
+
+    A savepoint pruned between the listing and the sizing is not there to size: the run
+    is listed again, up to :data:`STATS_ATTEMPTS` times.
+    """
     run_id = require_run(storage, run_id)
-    try:
-        rows = storage.list_savepoints(run_id)
-    except CorruptSavepointError as exc:
-        return RunSummary(run_id, None, None, None, damaged=str(exc))
-    latest = rows[-1].timestamp if rows else None
-    try:
-        size = savepoint_data_size(storage, run_id, [row.timestamp for row in rows])
-    except CorruptSavepointError as exc:
-        return RunSummary(run_id, len(rows), latest, None, damaged=str(exc))
-    except NoSavepointError:  # pruned while we looked: count what is there now
-        return run_summary(storage, run_id)
-    return RunSummary(run_id, len(rows), latest, size)
+    for _attempt in range(STATS_ATTEMPTS):
+        try:
+            rows = storage.list_savepoints(run_id)
+        except CorruptSavepointError as exc:
+            return RunSummary(run_id, None, None, None, damaged=str(exc))
+        latest = rows[-1].timestamp if rows else None
+        try:
+            size = savepoint_data_size(storage, run_id, [row.timestamp for row in rows])
+        except CorruptSavepointError as exc:
+            return RunSummary(run_id, len(rows), latest, None, damaged=str(exc))
+        except NoSavepointError:  # pruned while we looked: count what is there now
+            continue
+        return RunSummary(run_id, len(rows), latest, size)
+    raise BackendError(
+        f"run {run_id!r}: its savepoints were pruned while they were sized, "
+        f"{STATS_ATTEMPTS} times in a row; try again"
+    )
 
 
 def run_summaries(storage: Storage) -> list[RunSummary]:
@@ -102,11 +116,6 @@ def run_summaries(storage: Storage) -> list[RunSummary]:
         except NoSavepointError:
             continue  # deleted between the listing and the look
     return summaries
-
-
-#: How often :func:`run_stats` lists a run again when a prune removed its newest
-#: savepoint between the listing and the reading.
-STATS_ATTEMPTS = 20
 
 
 def run_stats(storage: Storage, run_id: str, *, top: int = 10) -> RunStats:
