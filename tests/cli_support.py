@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import statestore
-from statestore.ops._stored import read_manifest
 from statestore.storage import Savepoint, Storage
 from statestore.storage._files import FileStorage, run_dir_name
 
@@ -112,7 +111,7 @@ def damage_pack(url: str, run_id: str, timestamp: int) -> None:
     """Flip one byte in the middle of every pack the savepoint refers to, behind the
     store's back (the SQLite file's blob table, or the file store's pack files)."""
     with statestore.open_storage(url) as storage:
-        packs = read_manifest(storage, run_id, timestamp)[0].packs
+        packs = list(storage.describe_savepoint(run_id, timestamp).packs)
         path = _location(storage)
     if url.startswith("sqlite:"):
         with contextlib.closing(sqlite3.connect(path)) as conn, conn:

@@ -10,13 +10,12 @@ from cli_support import RUNS, assert_one_line_error, fill, run_cli, snapshot, st
 from psycopg import sql
 
 import statestore
-from statestore.ops._stored import read_manifest
 
 
 def _damage_pack(url: str, schema: str, run_id: str, timestamp: int) -> None:
     """Flip a byte in the middle of the first chunk of each pack of the savepoint."""
     with statestore.open_storage(url) as storage:
-        packs = read_manifest(storage, run_id, timestamp)[0].packs
+        packs = list(storage.describe_savepoint(run_id, timestamp).packs)
     server_url = url.split("?", 1)[0]
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from statestore.codecs import SafeCodec
 from statestore.codecs._safe import MAX_DEPTH
 from statestore.errors import CorruptSavepointError, EncodeError
-from statestore.storage._layout import decode_state
+from statestore.storage.layout import decode_state
 
 ZONE_FILE = Path("/usr/share/zoneinfo/Europe/Paris")
 

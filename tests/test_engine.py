@@ -31,7 +31,7 @@ from statestore.errors import (
     StaleWriterError,
 )
 from statestore.storage import MemoryStorage, Storage
-from statestore.storage._layout import SavepointRecord
+from statestore.storage.layout import SavepointRecord
 
 RUN = "run-1"
 MINUTE = 60_000

@@ -550,22 +550,38 @@ def test_threads_saving_while_the_run_is_dropped_and_recreated(tmp_path: Path) -
         assert list((tmp_path / "store" / ".trash").iterdir()) == []
 
 
-def test_a_savepoint_pruned_while_it_is_read_is_still_returned_whole(tmp_path: Path) -> None:
-    # The base reads a manifest, then its packs, in two calls: a prune by another
-    # process in between must not turn into a false "pack missing" corruption.
-    class PrunedBetweenReads(FileStorage):
-        def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
-            with FileStorage(self.directory) as other:
-                other.save_savepoint(run_id, 20, [("a", "new")])
-                other.delete_old_savepoints(run_id, 1)
-            return super()._read_blobs(run_id, names)
+def test_a_prune_waits_for_a_read_in_progress(tmp_path: Path) -> None:
+    # A read holds the run's lock (shared) from the savepoint file to its last pack: a
+    # prune by another handle waits for it instead of freeing packs mid-read.
+    pruned = threading.Event()
+    lock_path = tmp_path / "store"
 
-    with FileStorage(tmp_path / "store") as storage:
+    def prune() -> None:
+        with FileStorage(tmp_path / "store") as other:
+            other.save_savepoint("run", 20, [("a", "new")])  # waits: exclusive lock
+            other.delete_old_savepoints("run", 1)
+        pruned.set()
+
+    class PrunedDuringRead(FileStorage):
+        pruner = threading.Thread(target=prune)
+
+        @staticmethod
+        def _read_packs(run_dir: str, names: Sequence[str]) -> dict[str, bytes]:
+            PrunedDuringRead.pruner.start()
+            assert _wait_until(lambda: _blocked_on(Path(run_dir) / "lock"))
+            assert not pruned.is_set()
+            return FileStorage._read_packs(run_dir, names)
+
+    with FileStorage(lock_path) as storage:
         storage.init_storage("run")
         storage.save_savepoint("run", 10, [("a", "old")])
-    with PrunedBetweenReads(tmp_path / "store") as storage:
+    with PrunedDuringRead(lock_path) as storage:
         assert storage.get_latest_savepoint("run") == (10, [("a", "old")])
-        assert storage.get_savepoint("run", 20) == (20, [("a", "new")])
+        PrunedDuringRead.pruner.join()
+    assert pruned.is_set()
+    with FileStorage(lock_path) as storage:
+        assert storage.get_latest_savepoint("run") == (20, [("a", "new")])
+        assert [row.timestamp for row in storage.list_savepoints("run")] == [20]
 
 
 def _blocked_on(path: Path) -> bool:

@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 from statestore import StateStore, StateStoreError, open_storage, ops
 from statestore.codecs import SafeCodec
 from statestore.errors import BackendError, ConfigError, CorruptSavepointError
-from statestore.storage import MemoryStorage, SavepointInfo, Storage
-from statestore.storage import _layout as layout
+from statestore.storage import MemoryStorage, SavepointInfo, Storage, layout
 from statestore.testing._worker import payload
 from statestore.testing.forgery import FORGERIES, manifest_fields, reseal
 
@@ -97,8 +96,7 @@ def test_a_decompression_bomb_is_refused_by_its_declared_size() -> None:
             "flags": [1],
         }
     )
-    header = layout._MANIFEST_HEADER.pack(layout.MANIFEST_MAGIC, 1, layout._manifest_crc(1, body))
-    manifest = layout.decode_manifest("run", 1, header + body)
+    manifest = layout.decode_manifest("run", 1, layout.seal_manifest(body))
     with pytest.raises(CorruptSavepointError, match=r"declares another length"):
         layout.decode_states("run", manifest, {name: pack}, SafeCodec())
 

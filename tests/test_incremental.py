@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from statestore import Storage, open_storage
-from statestore.storage import MemoryStorage
-from statestore.storage import _layout as layout
+from statestore.storage import MemoryStorage, layout
 from statestore.storage._files import FileStorage
 from statestore.storage._sqlite import SQLiteStorage
 
@@ -68,9 +67,9 @@ def states(n: int, version: dict[int, int] | None = None) -> list[tuple[str, Any
 
 
 def manifest(storage: Storage, run_id: str, timestamp: int) -> layout.Manifest:
-    found = storage._read_manifest(run_id, timestamp)
+    found = storage._read_savepoint(run_id, timestamp, with_blobs=False)
     assert found is not None
-    return layout.decode_manifest(run_id, timestamp, found[1])
+    return layout.decode_manifest(run_id, timestamp, found.manifest)
 
 
 def test_sparse_savepoint_writes_only_changed_states(backend: tuple[str, StoredBlobs]) -> None:

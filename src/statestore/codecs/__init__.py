@@ -5,7 +5,7 @@ A codec is any object with a stable ``name`` (stored with every savepoint), an
 value it cannot write, and a ``decode(data) -> value`` that raises on bad bytes (``data``
 is ``bytes`` or a ``memoryview`` into a stored pack, read without copying).
 Checksums, compression and headers are added around the codec's bytes by
-:mod:`statestore.storage._layout`, once, for every codec.
+:mod:`statestore.storage.layout`, once, for every codec.
 """
 
 from __future__ import annotations

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from ..errors import RunNotInitializedError
-from ..storage import _validate
+from ..storage import validate
 
-if TYPE_CHECKING:
-    from ._store import StateStore
+__all__ = ["Entity", "SaveInto"]
 
-__all__ = ["Entity"]
+#: How an entity saves into its store's savepoints: ``(entity_id, timestamp, state,
+#: generation)``. The store hands it over at creation, so this module needs no import of
+#: the store's (no import circle, no call of a private method across modules).
+SaveInto = Callable[[str, int, Any, int | None], None]
 
 
 @dataclass(slots=True)
@@ -38,12 +41,12 @@ class Entity:
     schedule: int | None
     next_savepoint: int | None
     last_savepoint: int | None = None
-    _store: StateStore | None = field(default=None, repr=False, compare=False)
+    _save_into: SaveInto | None = field(default=None, repr=False, compare=False)
     _generation: int = field(default=0, repr=False, compare=False)
 
     def update_state(self, timestamp: int, state: Any) -> Entity:
         """Set the state after processing an input at ``timestamp``; in memory only."""
-        _validate.timestamp(timestamp)
+        validate.timestamp(timestamp)
         self.state = state
         self.timestamp = max(self.timestamp, timestamp)
         return self
@@ -57,16 +60,16 @@ class Entity:
         An acknowledgement older than ``timestamp`` is already implied by a newer one
         and changes nothing. If saving raises, the entity is left as it was.
         """
-        _validate.timestamp(timestamp)
+        validate.timestamp(timestamp)
         if timestamp < self.timestamp:
             return self
         if self.next_savepoint is not None and timestamp >= self.next_savepoint:
-            if self._store is None:
+            if self._save_into is None:
                 raise RunNotInitializedError(
                     f"entity {self.id!r} belongs to no StateStore; entities come from "
                     "init_run_state(), load_run_state() or start()"
                 )
-            self._store._save(self.id, timestamp, self.state, self._generation)
+            self._save_into(self.id, timestamp, self.state, self._generation)
             # The grid inline (next_savepoint is set, so the schedule is an int > 0).
             schedule = cast(int, self.schedule)
             self.last_savepoint = timestamp // schedule * schedule

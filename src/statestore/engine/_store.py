@@ -15,7 +15,7 @@ from ..errors import (
     StaleWriterError,
 )
 from ..schedule import next_savepoint, previous_savepoint, unreached_savepoints
-from ..storage import Savepoint, Storage, _validate, get_config
+from ..storage import Savepoint, Storage, get_config, validate
 from ._entity import Entity
 from ._fills import Fills
 
@@ -54,7 +54,7 @@ class StateStore:
         storage: Storage | None = None,
         keep_savepoints: int = 3,
     ) -> None:
-        self.run_id = _validate.run_id(run_id)
+        self.run_id = validate.run_id(run_id)
         if schedule is not None and (type(schedule) is not int or schedule <= 0):
             raise InvalidArgumentError(
                 f"schedule must be an int > 0 (milliseconds) or None, not {schedule!r}"
@@ -105,9 +105,9 @@ class StateStore:
         savepoint (logger ``"statestore"``); ``strict=True`` raises
         :class:`~statestore.errors.CorruptSavepointError` instead.
         """
-        timestamp = _validate.timestamp(timestamp)
+        timestamp = validate.timestamp(timestamp)
         defs = _materialize(entity_defs)
-        ids, _states = _validate.entities(defs, self.run_id)
+        ids, _states = validate.entities(defs, self.run_id)
         if self.storage.list_savepoints(self.run_id):
             try:
                 resumed_at, entities = self.load_run_state(strict=strict)
@@ -130,8 +130,8 @@ class StateStore:
         (resume it, or delete it first); a run initialized before but without a
         savepoint is simply initialized again.
         """
-        timestamp = _validate.timestamp(timestamp)
-        ids, states = _validate.entities(entity_defs, self.run_id)
+        timestamp = validate.timestamp(timestamp)
+        ids, states = validate.entities(entity_defs, self.run_id)
         for entity_id, state in zip(ids, states, strict=True):
             # Refuse a state the codec cannot encode now, before anything is written.
             self.storage.encode_state(self.run_id, entity_id, state)
@@ -233,7 +233,7 @@ class StateStore:
             schedule=self.schedule,
             next_savepoint=next_savepoint(self.schedule, timestamp),
             last_savepoint=loaded_from,
-            _store=self,
+            _save_into=self._save_into,
             _generation=generation,
         )
 
@@ -249,10 +249,12 @@ class StateStore:
         deleted, before this returns. A savepoint the entity filled already is left as
         it is, so a save older than the entity's last one changes nothing.
         """
-        self._save(entity_id, timestamp, state, None)
+        self._save_into(entity_id, timestamp, state, None)
 
-    def _save(self, entity_id: str, timestamp: int, state: Any, generation: int | None) -> None:
-        timestamp = _validate.timestamp(timestamp)
+    def _save_into(
+        self, entity_id: str, timestamp: int, state: Any, generation: int | None
+    ) -> None:
+        timestamp = validate.timestamp(timestamp)
         # The grid inline (the schedule was checked at construction): this runs once per
         # entity and savepoint, the engine's hot path.
         upto = None if self.schedule is None else timestamp // self.schedule * self.schedule

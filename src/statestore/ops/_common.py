@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ..errors import NoSavepointError
-from ..storage import Storage, _validate
-from ._stored import read_manifest
+from ..storage import Storage, validate
 
 __all__ = ["Progress", "require_run", "savepoint_data_size"]
 
@@ -17,7 +16,7 @@ Progress = Callable[[int, int], None]
 
 def require_run(storage: Storage, run_id: str) -> str:
     """The validated run id; NoSavepointError naming the run when the store has no such run."""
-    run_id = _validate.run_id(run_id)
+    run_id = validate.run_id(run_id)
     if not storage.is_initialized(run_id):
         raise NoSavepointError(f"no run {run_id!r} in this store")
     return run_id
@@ -32,7 +31,7 @@ def savepoint_data_size(storage: Storage, run_id: str, timestamps: Iterable[int]
     total = 0
     packs: dict[str, int] = {}
     for timestamp in timestamps:
-        manifest, manifest_size = read_manifest(storage, run_id, timestamp)
-        total += manifest_size
-        packs.update(zip(manifest.packs, manifest.pack_sizes, strict=True))
+        layout = storage.describe_savepoint(run_id, timestamp)
+        total += layout.manifest_size
+        packs.update(layout.packs)
     return total + sum(packs.values())

@@ -35,8 +35,7 @@ import msgpack
 import zstandard
 
 from ..errors import BackendError, CorruptSavepointError, InvalidArgumentError
-from ..storage import _validate
-from ..storage._layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES
+from ..storage import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES, validate
 from ._stored import StoredSavepoint
 
 __all__ = ["MAGIC", "VERSION", "ArchiveHeader", "ArchiveReader", "ArchiveWriter"]
@@ -78,7 +77,7 @@ class ArchiveWriter:
     def __init__(
         self, path: str | os.PathLike[str] | IO[bytes], run_id: str, *, overwrite: bool
     ) -> None:
-        self.run_id = _validate.run_id(run_id)
+        self.run_id = validate.run_id(run_id)
         self.overwrite = overwrite
         self.savepoints = 0
         self.bytes_written = 0
@@ -280,7 +279,7 @@ class ArchiveReader:
         if not isinstance(exported_at, int):
             raise _damaged(self.path, "bad header frame")
         try:
-            run_id = _validate.run_id(run_id)
+            run_id = validate.run_id(run_id)
         except InvalidArgumentError:
             raise _damaged(self.path, f"bad run id {run_id!r}") from None
         return ArchiveHeader(run_id, exported_at)
@@ -364,7 +363,7 @@ def _savepoint(path: str, run_id: str, body: dict[str, Any], limit: int) -> Stor
     """Check one savepoint frame's fields as strictly as a save would check them."""
     timestamp, codec, ids, states = (body.get(k) for k in ("ts", "codec", "ids", "states"))
     try:
-        timestamp = _validate.timestamp(timestamp)
+        timestamp = validate.timestamp(timestamp)
     except InvalidArgumentError:
         raise _damaged(path, f"bad timestamp {timestamp!r}") from None
     if (

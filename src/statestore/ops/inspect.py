@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import BackendError, CorruptSavepointError, NoSavepointError
-from ..storage import Savepoint, SavepointInfo, Storage, _validate
-from ..storage._layout import Manifest
+from ..storage import Savepoint, SavepointInfo, SavepointLayout, Storage, validate
 from ._common import require_run, savepoint_data_size
-from ._stored import COMPRESSED, read_manifest
 
 __all__ = [
     "EntitySize",
@@ -127,10 +125,10 @@ def run_stats(storage: Storage, run_id: str, *, top: int = 10) -> RunStats:
     left out, and the listing is taken again when the newest one vanished.
     """
     run_id = require_run(storage, run_id)
-    top = _validate.keep_n(top)
+    top = validate.keep_n(top)
     for _attempt in range(STATS_ATTEMPTS):
         rows = storage.list_savepoints(run_id)
-        found = _read_manifests(storage, run_id, rows)
+        found = _describe_listed(storage, run_id, rows)
         if not rows or rows[-1].timestamp in found:
             return _stats(run_id, rows, found, top)
     raise BackendError(
@@ -139,53 +137,51 @@ def run_stats(storage: Storage, run_id: str, *, top: int = 10) -> RunStats:
     )
 
 
-def _read_manifests(
+def _describe_listed(
     storage: Storage, run_id: str, rows: list[SavepointInfo]
-) -> dict[int, tuple[Manifest, int]]:
-    """Each listed savepoint's manifest and its size; one pruned meanwhile is left out."""
+) -> dict[int, SavepointLayout]:
+    """How each listed savepoint is stored; one pruned meanwhile is left out."""
     found = {}
     for row in rows:
         try:
-            found[row.timestamp] = read_manifest(storage, run_id, row.timestamp)
+            found[row.timestamp] = storage.describe_savepoint(run_id, row.timestamp)
         except NoSavepointError:
             continue
     return found
 
 
 def _stats(
-    run_id: str, rows: list[SavepointInfo], found: dict[int, tuple[Manifest, int]], top: int
+    run_id: str, rows: list[SavepointInfo], found: dict[int, SavepointLayout], top: int
 ) -> RunStats:
-    """The statistics of the listed savepoints still there (``found``: manifests read)."""
+    """The statistics of the listed savepoints still there (``found``: their layouts)."""
     present = [row for row in rows if row.timestamp in found]
     savepoints: list[SavepointStats] = []
     previous: int | None = None
     packs: dict[str, int] = {}
     size = 0
     for row in present:
-        manifest, manifest_size = found[row.timestamp]
-        state_bytes = sum(manifest.raw_lengths)
+        layout = found[row.timestamp]
+        state_bytes = layout.state_bytes
         growth = None if previous is None else state_bytes - previous
         savepoints.append(
             SavepointStats(row.timestamp, row.entity_count, row.size, state_bytes, growth)
         )
         previous = state_bytes
-        size += manifest_size  # as savepoint_data_size counts: a shared pack once
-        packs.update(zip(manifest.packs, manifest.pack_sizes, strict=True))
+        size += layout.manifest_size  # as savepoint_data_size counts: a shared pack once
+        packs.update(layout.packs)
     if not present:
         return RunStats(run_id, 0, [], [], 0)
-    latest = found[present[-1].timestamp][0]
+    latest = found[present[-1].timestamp]
     return RunStats(
-        run_id, size + sum(packs.values()), savepoints, _biggest(latest, top), len(latest.ids)
+        run_id, size + sum(packs.values()), savepoints, _biggest(latest, top), len(latest.states)
     )
 
 
-def _biggest(manifest: Manifest, top: int) -> list[EntitySize]:
+def _biggest(layout: SavepointLayout, top: int) -> list[EntitySize]:
     """The ``top`` entities of a savepoint with the largest encoded states."""
     sizes = [
-        EntitySize(entity_id, raw, stored, bool(flags & COMPRESSED))
-        for entity_id, raw, stored, flags in zip(
-            manifest.ids, manifest.raw_lengths, manifest.lengths, manifest.flags, strict=True
-        )
+        EntitySize(state.entity_id, state.encoded_size, state.stored_size, state.compressed)
+        for state in layout.states
     ]
     return sorted(sizes, key=lambda e: (-e.encoded, e.entity_id))[:top]
 

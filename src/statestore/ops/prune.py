@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import CorruptSavepointError, NoSavepointError
-from ..storage import Storage, _validate
+from ..storage import Storage, validate
 from ._common import require_run, savepoint_data_size
 
 __all__ = ["PrunePlan", "apply_prune", "plan_prune", "plan_prune_all"]
@@ -30,7 +30,7 @@ class PrunePlan:
 def plan_prune(storage: Storage, run_id: str, keep_n: int) -> PrunePlan:
     """The plan for keeping the ``keep_n`` newest savepoints of a run; changes nothing."""
     run_id = require_run(storage, run_id)
-    keep_n = _validate.keep_n(keep_n)
+    keep_n = validate.keep_n(keep_n)
     timestamps = [row.timestamp for row in storage.list_savepoints(run_id)]
     cut = max(len(timestamps) - keep_n, 0)
     delete, keep = timestamps[:cut], timestamps[cut:]
@@ -47,7 +47,7 @@ def plan_prune(storage: Storage, run_id: str, keep_n: int) -> PrunePlan:
 
 def plan_prune_all(storage: Storage, keep_n: int) -> list[PrunePlan]:
     """:func:`plan_prune` for every run of the store."""
-    keep_n = _validate.keep_n(keep_n)
+    keep_n = validate.keep_n(keep_n)
     plans = []
     for run_id in storage.list_runs():
         try:

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..storage import Storage
 from ._common import Progress, require_run
-from ._stored import StoredSavepoint, delete_savepoints, read_manifest, read_stored
+from ._stored import StoredSavepoint, delete_savepoints, read_stored
 from .archive import ArchiveReader, ArchiveWriter
 
 __all__ = ["TransferResult", "copy_runs", "export_run", "import_run"]
@@ -204,7 +204,7 @@ def _codecs(storage: Storage, run_id: str, timestamps: Iterable[int]) -> set[str
     codecs = set()
     for timestamp in timestamps:
         try:
-            codecs.add(read_manifest(storage, run_id, timestamp)[0].codec)
+            codecs.add(storage.describe_savepoint(run_id, timestamp).codec)
         except NoSavepointError:
             continue  # pruned meanwhile: what is copied is checked again as it is written
     return codecs

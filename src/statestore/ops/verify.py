@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import ConfigError, CorruptSavepointError, NoSavepointError
 from ..storage import SavepointInfo, Storage
 from ._common import Progress, require_run
-from ._stored import decode_states, decoder_for, read_stored
+from ._stored import decode_states, read_stored
 
 __all__ = ["Damage", "VerifyReport", "verify"]
 
@@ -67,7 +67,7 @@ def verify(
         for row in rows:
             try:
                 stored = read_stored(storage, rid, row.timestamp)
-                if decoder_for(storage, stored) is None:
+                if not storage.can_decode(stored.codec):
                     undecoded += 1
                 else:
                     decode_states(storage, stored)

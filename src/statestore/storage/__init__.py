@@ -3,8 +3,8 @@
 Layout of this package, one concern per module:
 
 * ``_base.py``: the :class:`Storage` base, every rule of the contract, the primitives
-* ``_layout.py``: savepoint bytes (manifest, packs, checksums, compression)
-* ``_validate.py``: argument checks
+* ``layout.py``: savepoint bytes (manifest, packs, checksums, compression), the format
+* ``validate.py``: argument checks (public: the engine and the operations use them too)
 * ``_registry.py``: URL scheme to backend, :func:`open_storage`
 * ``_functions.py``: the process-wide configured storage and the seed's functions
 * ``_memory.py``, ``_sqlite.py``, ``_files.py``, ``_postgres/``: one backend each
@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import EncodedSavepoint, Savepoint, SavepointInfo, Storage
+from ._base import (
+    Capabilities,
+    EncodedSavepoint,
+    Savepoint,
+    SavepointInfo,
+    SavepointLayout,
+    Storage,
+    StoredState,
+)
 from ._files import FileStorage
 from ._functions import (
     delete_old_savepoints,
@@ -30,11 +38,16 @@ from ._functions import (
 from ._memory import MemoryStorage
 from ._registry import open_storage, redact_url
 from ._sqlite import SQLiteStorage
+from .layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStorage
 
 __all__ = [
+    "LIMIT_OPTION",
+    "MAX_SAVEPOINT_BYTES",
+    "MAX_STATE_BYTES",
+    "Capabilities",
     "EncodedSavepoint",
     "FileStorage",
     "MemoryStorage",
@@ -42,7 +55,9 @@ __all__ = [
     "SQLiteStorage",
     "Savepoint",
     "SavepointInfo",
+    "SavepointLayout",
     "Storage",
+    "StoredState",
     "delete_old_savepoints",
     "delete_run",
     "get_config",

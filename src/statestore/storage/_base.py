@@ -6,34 +6,14 @@ it and implements only the storage primitives below, each a small, mostly atomic
 operation on named bytes; a new backend is a file of a few hundred lines, and the
 shared conformance suite (:mod:`statestore.testing`) checks it.
 
-Primitives a backend implements (``run_id`` is always already validated):
-
-===============================  =======================================================
-``_create_run(run_id)``          make storage for the run; idempotent
-``_run_exists(run_id)``          whether that storage exists
-``_list_run_ids()``              every run id
-``_drop_run(run_id)``            delete everything of the run at once; no-op if unknown
-``_take_writer_token(run_id)``   increment and return the run's writer token
-``_commit(run_id, record, fence)`` store ``record.blobs`` and the manifest at
-                                 ``record.timestamp`` (replacing one there) as one atomic,
-                                 durable step; inside it, check ``fence`` against the
-                                 writer token and raise ``MissingBlobsError`` if a name
-                                 of ``record.refs`` not in ``record.blobs`` is not stored
-``_read_manifest(run_id, ts)``   ``(timestamp, manifest)`` at ``ts`` (latest when None)
-``_read_blobs(run_id, names)``   the named blobs that exist
-``_index(run_id)``               ``SavepointInfo`` rows, ascending; a savepoint whose
-                                 stored metadata is damaged is still listed (entity
-                                 count 0), so it can be verified, skipped and pruned
-``_delete_savepoints(run_id, timestamps)``  drop those manifests and every blob no
-                                 remaining savepoint refers to
-===============================  =======================================================
-
-Blobs are immutable and uniquely named, so a backend never overwrites data in place;
-what a savepoint refers to is ``record.refs``, which the backend keeps beside the
-manifest to know which blobs are still needed. ``_commit``, ``_delete_savepoints`` and
-``_drop_run`` of one run must not interleave (a write transaction, a lock on the run):
-an incremental savepoint refers to blobs of earlier savepoints, and the check that
-they still exist must hold until the commit is done.
+A backend implements ``from_url`` and nine primitives, each documented below where it
+is declared (the section "primitives" of :class:`Storage`): ``_create_run``,
+``_run_exists``, ``_list_run_ids``, ``_drop_run``, ``_take_writer_token``, ``_commit``,
+``_read_savepoint``, ``_index`` and ``_delete_savepoints``; ``_close`` and ``_compact``
+are optional. It stores named, immutable blobs and one manifest per savepoint, and
+never interprets either: what a savepoint refers to is ``record.refs``, kept beside
+the manifest to know which blobs are still needed. docs/backends.md shows a whole
+backend and how the conformance kit checks it.
 """
 
 from __future__ import annotations
@@ -42,25 +22,34 @@ import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
 from ..codecs import Codec, SafeCodec
 from ..errors import (
     BackendError,
+    ConfigError,
     InvalidArgumentError,
     NoSavepointError,
     RunNotInitializedError,
     StaleWriterError,
     StateStoreError,
 )
-from . import _layout, _validate
-from ._layout import RunIndex, SavepointRecord
+from . import layout, validate
+from .layout import RunIndex, SavepointRecord
 
-__all__ = ["EncodedSavepoint", "MissingBlobsError", "Savepoint", "SavepointInfo", "Storage"]
-
-#: Reads of a manifest and its packs, when a concurrent prune frees packs in between.
-READ_ATTEMPTS = 3
+__all__ = [
+    "Capabilities",
+    "EncodedSavepoint",
+    "MissingBlobsError",
+    "Savepoint",
+    "SavepointInfo",
+    "SavepointLayout",
+    "SavepointParts",
+    "Storage",
+    "StoredState",
+]
 
 #: How many runs' previous savepoints one storage object remembers for incremental saves.
 INDEX_CACHE_RUNS = 64
@@ -89,6 +78,67 @@ class EncodedSavepoint(NamedTuple):
     entities: list[tuple[str, bytes]]
 
 
+class SavepointParts(NamedTuple):
+    """One savepoint as a backend stores it: what ``_read_savepoint`` returns.
+
+    ``blobs`` maps each name of the savepoint's refs to its bytes, all read in the same
+    consistent step as the manifest (a transaction, a lock, one statement), so a prune
+    or replace by another handle never leaves a manifest without the packs it needs.
+    A name missing from ``blobs`` is damage, which the base reports.
+    """
+
+    timestamp: int
+    manifest: bytes
+    blobs: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers beyond what every backend keeps (:attr:`Storage.capabilities`).
+
+    Every backend keeps the whole contract: atomic, durable saves; a savepoint
+    replaced at its timestamp in one step; writer tokens that fence other writers.
+    These flags say where the store may be shared from, and whether this handle writes.
+    """
+
+    #: Data outlives the process (memory:// does not).
+    durable: bool
+    #: Processes on one host may use the store at once.
+    multi_process: bool
+    #: Processes on several hosts may use the store at once.
+    multi_host: bool
+    #: This handle can only read (a read-only file or mount); every write raises BackendError.
+    read_only: bool = False
+
+
+class StoredState(NamedTuple):
+    """How one entity's state is stored: its encoded and stored (maybe compressed) bytes."""
+
+    entity_id: str
+    encoded_size: int
+    stored_size: int
+    compressed: bool
+
+
+class SavepointLayout(NamedTuple):
+    """How one savepoint is stored (:meth:`Storage.describe_savepoint`), no state read.
+
+    ``packs`` maps each pack the savepoint refers to (its own and, for an incremental
+    savepoint, earlier ones) to its size; ``manifest_size`` is the manifest's bytes.
+    """
+
+    timestamp: int
+    codec: str
+    manifest_size: int
+    packs: dict[str, int]
+    states: list[StoredState]
+
+    @property
+    def state_bytes(self) -> int:
+        """The encoded bytes of every state together (what the codec wrote)."""
+        return sum(state.encoded_size for state in self.states)
+
+
 class SavepointInfo(NamedTuple):
     """One row of :meth:`Storage.list_savepoints`: ``size`` is the bytes it stored."""
 
@@ -104,6 +154,9 @@ class Storage(ABC):
     :meth:`close` when done.
     """
 
+    #: What this backend offers; a handle that can only read says so in its own copy.
+    capabilities: Capabilities = Capabilities(durable=True, multi_process=True, multi_host=False)
+
     #: Driver exceptions this backend lets escape its primitives; translated to
     #: :class:`~statestore.errors.BackendError` in one place (:meth:`_boundary`).
     driver_errors: tuple[type[BaseException], ...] = (OSError,)
@@ -113,7 +166,7 @@ class Storage(ABC):
         #: The most bytes one savepoint's states may encode to in all, on save and on
         #: read (a bound against decompression bombs); ``open_storage`` sets it from its
         #: ``max_savepoint_bytes`` option.
-        self.max_savepoint_bytes: int = _layout.MAX_SAVEPOINT_BYTES
+        self.max_savepoint_bytes: int = layout.MAX_SAVEPOINT_BYTES
         self._closed = False
         self._close_lock = threading.Lock()
         # The previous savepoint of recently written or loaded runs, by entity: what
@@ -125,13 +178,13 @@ class Storage(ABC):
 
     def is_initialized(self, run_id: str) -> bool:
         """Whether storage exists for ``run_id``."""
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         with self._boundary(run_id):
             return self._run_exists(run_id)
 
     def init_storage(self, run_id: str) -> None:
         """Create storage for ``run_id``; calling it again changes nothing."""
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         with self._boundary(run_id):
             self._create_run(run_id)
 
@@ -150,13 +203,13 @@ class Storage(ABC):
         :class:`~statestore.errors.StaleWriterError` (storing nothing) unless the
         token is still the run's current one (see :meth:`acquire_writer`).
         """
-        run_id = _validate.save_target(run_id, timestamp, writer_token)
-        ids, states = _validate.entities(entities, run_id)
+        run_id = validate.save_target(run_id, timestamp, writer_token)
+        ids, states = validate.entities(entities, run_id)
         self._save(
             run_id,
             timestamp,
             ids,
-            _layout.encode_states(self.codec, ids, states, run_id),
+            layout.encode_states(self.codec, ids, states, run_id),
             writer_token,
         )
 
@@ -167,12 +220,12 @@ class Storage(ABC):
         mutate the object afterwards. Raises :class:`~statestore.errors.EncodeError`
         naming the run, the entity and the type.
         """
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         if not isinstance(entity_id, str):
             raise InvalidArgumentError(
                 f"run {run_id!r}: entity id must be a str, not {entity_id!r}"
             )
-        return _layout.encode_state(self.codec, entity_id, state, run_id)
+        return layout.encode_state(self.codec, entity_id, state, run_id)
 
     def save_encoded_savepoint(
         self,
@@ -187,15 +240,15 @@ class Storage(ABC):
         The engine encodes each state once when an entity saves it and reuses the
         bytes for every savepoint that save fills.
         """
-        run_id = _validate.save_target(run_id, timestamp, writer_token)
-        ids, encoded = _validate.entities(encoded_entities, run_id)
+        run_id = validate.save_target(run_id, timestamp, writer_token)
+        ids, encoded = validate.entities(encoded_entities, run_id)
         for entity_id, data in zip(ids, encoded, strict=True):
             if not isinstance(data, bytes):
                 raise InvalidArgumentError(
                     f"run {run_id!r}: entity {entity_id!r}: encoded state must be bytes, "
                     f"not {type(data).__name__}"
                 )
-            _layout.check_state_size(run_id, entity_id, data)
+            layout.check_state_size(run_id, entity_id, data)
         self._save(run_id, timestamp, ids, encoded, writer_token)
 
     def _save(
@@ -206,18 +259,16 @@ class Storage(ABC):
         encoded: list[bytes],
         writer_token: int | None,
     ) -> None:
-        _layout.check_savepoint_size(run_id, timestamp, encoded, self.max_savepoint_bytes)
+        layout.check_savepoint_size(run_id, timestamp, encoded, self.max_savepoint_bytes)
         base = self._cached_index(run_id)
-        record, index = _layout.build_record(run_id, timestamp, self.codec, ids, encoded, base=base)
+        record, index = layout.build_record(run_id, timestamp, self.codec, ids, encoded, base=base)
         try:
             with self._boundary(run_id, timestamp):
                 try:
                     self._commit(run_id, record, writer_token)
                 except MissingBlobsError:
                     # The base savepoint was pruned under us: save every state anew.
-                    record, index = _layout.build_record(
-                        run_id, timestamp, self.codec, ids, encoded
-                    )
+                    record, index = layout.build_record(run_id, timestamp, self.codec, ids, encoded)
                     self._commit(run_id, record, writer_token)
         except BaseException:
             self._forget_index(run_id)
@@ -241,12 +292,12 @@ class Storage(ABC):
 
     def get_latest_savepoint(self, run_id: str) -> Savepoint:
         """The savepoint with the highest timestamp; ``NoSavepointError`` when none."""
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         return self._load(run_id, None)
 
     def get_latest_savepoint_timestamp(self, run_id: str) -> int:
         """The highest savepoint timestamp of the run, without reading any state."""
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         with self._boundary(run_id):
             rows = self._index(run_id)
         if not rows:
@@ -255,12 +306,12 @@ class Storage(ABC):
 
     def get_savepoint(self, run_id: str, timestamp: int) -> Savepoint:
         """The savepoint at exactly ``timestamp``; ``NoSavepointError`` when none."""
-        run_id = _validate.run_id(run_id)
-        return self._load(run_id, _validate.timestamp(timestamp))
+        run_id = validate.run_id(run_id)
+        return self._load(run_id, validate.timestamp(timestamp))
 
     def list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         """Every savepoint of the run, ascending by timestamp (empty for an unknown run)."""
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         with self._boundary(run_id):
             return list(self._index(run_id))
 
@@ -272,18 +323,69 @@ class Storage(ABC):
         :meth:`save_encoded_savepoint` on the destination stores the same bytes.
         ``timestamp=None`` reads the latest savepoint.
         """
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         if timestamp is not None:
-            timestamp = _validate.timestamp(timestamp)
+            timestamp = validate.timestamp(timestamp)
         manifest, packs = self._read_checked(run_id, timestamp)
-        index = _layout.extract_states(run_id, manifest, packs)
+        index = layout.extract_states(run_id, manifest, packs)
         entities = [(entity_id, bytes(raw)) for entity_id, raw in index.entities()]
         return EncodedSavepoint(manifest.timestamp, manifest.codec, entities)
 
+    def describe_savepoint(self, run_id: str, timestamp: int) -> SavepointLayout:
+        """How the savepoint at ``timestamp`` is stored, from its checked manifest alone.
+
+        Reads no state (for sizes and statistics); ``NoSavepointError`` when there is no
+        such savepoint, ``CorruptSavepointError`` when its manifest is damaged.
+        """
+        run_id = validate.run_id(run_id)
+        timestamp = validate.timestamp(timestamp)
+        with self._boundary(run_id, timestamp):
+            parts = self._read_savepoint(run_id, timestamp, with_blobs=False)
+        if parts is None:
+            raise NoSavepointError(f"run {run_id!r} has no savepoint at {timestamp}")
+        manifest = layout.decode_manifest(
+            run_id, parts.timestamp, parts.manifest, max_savepoint_bytes=self.max_savepoint_bytes
+        )
+        states = [
+            StoredState(entity_id, raw, stored, bool(flag & layout.FLAG_ZSTD))
+            for entity_id, raw, stored, flag in zip(
+                manifest.ids, manifest.raw_lengths, manifest.lengths, manifest.flags, strict=True
+            )
+        ]
+        packs = dict(zip(manifest.packs, manifest.pack_sizes, strict=True))
+        return SavepointLayout(
+            manifest.timestamp, manifest.codec, len(parts.manifest), packs, states
+        )
+
+    def can_decode(self, codec_name: str) -> bool:
+        """Whether this storage decodes states written by the codec named ``codec_name``."""
+        try:
+            layout.codec_for(codec_name, self.codec, "", 0)
+        except ConfigError:
+            return False
+        return True
+
+    def decode_encoded_savepoint(self, run_id: str, encoded: EncodedSavepoint) -> Savepoint:
+        """Decode what :meth:`read_encoded_savepoint` returned, with this storage's codecs.
+
+        ``ConfigError`` when the codec that wrote it is not this storage's (see
+        :meth:`can_decode`); ``CorruptSavepointError`` for a state that does not decode.
+        """
+        run_id = validate.run_id(run_id)
+        timestamp, codec_name, entities = encoded
+        codec = layout.codec_for(codec_name, self.codec, run_id, timestamp)
+        return Savepoint(
+            timestamp,
+            [
+                (entity_id, layout.decode_state(run_id, timestamp, entity_id, codec, data))
+                for entity_id, data in entities
+            ],
+        )
+
     def delete_savepoints(self, run_id: str, timestamps: Iterable[int]) -> None:
         """Delete exactly these savepoints of the run; timestamps it does not have are ignored."""
-        run_id = _validate.run_id(run_id)
-        doomed = sorted({_validate.timestamp(ts) for ts in timestamps})
+        run_id = validate.run_id(run_id)
+        doomed = sorted({validate.timestamp(ts) for ts in timestamps})
         if doomed:
             with self._boundary(run_id):
                 self._delete_savepoints(run_id, doomed)
@@ -295,8 +397,8 @@ class Storage(ABC):
 
     def delete_old_savepoints(self, run_id: str, keep_n: int) -> None:
         """Keep the ``keep_n`` newest savepoints of the run, delete the rest."""
-        run_id = _validate.run_id(run_id)
-        keep_n = _validate.keep_n(keep_n)
+        run_id = validate.run_id(run_id)
+        keep_n = validate.keep_n(keep_n)
         with self._boundary(run_id):
             rows = self._index(run_id)
             doomed = rows[: max(len(rows) - keep_n, 0)]
@@ -305,7 +407,7 @@ class Storage(ABC):
 
     def delete_run(self, run_id: str) -> None:
         """Delete everything of the run; unknown runs are ignored."""
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         self._forget_index(run_id)
         with self._boundary(run_id):
             self._drop_run(run_id)
@@ -316,7 +418,7 @@ class Storage(ABC):
         Saves passing an older token are refused from then on, across threads,
         processes and (for server backends) hosts.
         """
-        run_id = _validate.run_id(run_id)
+        run_id = validate.run_id(run_id)
         with self._boundary(run_id):
             if not self._run_exists(run_id):
                 raise RunNotInitializedError(f"run {run_id!r} is not initialized")
@@ -350,31 +452,23 @@ class Storage(ABC):
     # ---------------------------------------------------------------- shared helpers
 
     def _read_checked(
-        self, run_id: str, timestamp: int | None
-    ) -> tuple[_layout.Manifest, dict[str, bytes]]:
+        self, run_id: str, timestamp: int | None, *, with_blobs: bool = True
+    ) -> tuple[layout.Manifest, dict[str, bytes]]:
         """A savepoint's checked manifest and its packs; NoSavepointError when there is none."""
         with self._boundary(run_id, timestamp):
-            for _attempt in range(READ_ATTEMPTS):
-                found = self._read_manifest(run_id, timestamp)
-                if found is None:
-                    where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
-                    raise NoSavepointError(f"run {run_id!r} has {where}")
-                found_ts, manifest_bytes = found
-                manifest = _layout.decode_manifest(
-                    run_id, found_ts, manifest_bytes, max_savepoint_bytes=self.max_savepoint_bytes
-                )
-                packs = self._read_blobs(run_id, manifest.packs)
-                if len(packs) == len(set(manifest.packs)):
-                    break
-                # A prune or replace by another handle may have freed these packs between
-                # the two reads: read the (new) manifest again. Still missing after the
-                # last attempt, the layout reports the savepoint corrupt.
-        return manifest, packs
+            parts = self._read_savepoint(run_id, timestamp, with_blobs=with_blobs)
+        if parts is None:
+            where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
+            raise NoSavepointError(f"run {run_id!r} has {where}")
+        manifest = layout.decode_manifest(
+            run_id, parts.timestamp, parts.manifest, max_savepoint_bytes=self.max_savepoint_bytes
+        )
+        return manifest, parts.blobs
 
     def _load(self, run_id: str, timestamp: int | None) -> Savepoint:
         manifest, packs = self._read_checked(run_id, timestamp)
-        codec = _layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
-        entities, index = _layout.decode_states(run_id, manifest, packs, codec)
+        codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
+        entities, index = layout.decode_states(run_id, manifest, packs, codec)
         if timestamp is None:  # a resumed run saves next: base that save on what it loaded
             self._remember_index(run_id, index)
         return Savepoint(manifest.timestamp, entities)
@@ -397,9 +491,9 @@ class Storage(ABC):
         return f"{type(self).__name__} failed: {type(exc).__name__}: {exc}"
 
     @staticmethod
-    def _stale(run_id: str, fence: int, current: int) -> StaleWriterError:
+    def _stale(run_id: str, writer_token: int, current: int) -> StaleWriterError:
         return StaleWriterError(
-            f"run {run_id!r}: writer token {fence} is stale (current token is {current}); "
+            f"run {run_id!r}: writer token {writer_token} is stale (current token is {current}); "
             "another writer has taken this run, nothing was stored"
         )
 
@@ -410,36 +504,107 @@ class Storage(ABC):
         )
 
     # ---------------------------------------------------------------- primitives
+    #
+    # What a backend implements. Arguments are already validated (``run_id`` a valid
+    # run id, timestamps ints in range); a primitive raises the driver's own errors
+    # (listed in ``driver_errors``), which the base turns into BackendError naming the
+    # run and savepoint, or the statestore errors its docstring names.
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, codec: Codec | None = None, **options: Any) -> Self:
+        """Open the store a URL of this backend's scheme names (see :func:`open_storage`).
+
+        ``url`` has had the options every backend shares taken out (``max_savepoint_bytes``);
+        ``options`` are the keywords given to ``open_storage``. Refuse an unknown option,
+        or one given both in the URL and as a keyword, with ConfigError naming it.
+        """
 
     @abstractmethod
-    def _create_run(self, run_id: str) -> None: ...
+    def _create_run(self, run_id: str) -> None:
+        """Make storage for the run: afterwards ``_run_exists`` is true and ``_index`` empty.
+
+        Idempotent: a run that exists is left as it is. Atomic: a crash leaves the run
+        either absent or complete, never half-made.
+        """
 
     @abstractmethod
-    def _run_exists(self, run_id: str) -> bool: ...
+    def _run_exists(self, run_id: str) -> bool:
+        """Whether storage for the run exists (it may hold no savepoint yet)."""
 
     @abstractmethod
-    def _list_run_ids(self) -> list[str]: ...
+    def _list_run_ids(self) -> list[str]:
+        """Every run id with storage, exactly as given to ``_create_run``, in any order."""
 
     @abstractmethod
-    def _drop_run(self, run_id: str) -> None: ...
+    def _drop_run(self, run_id: str) -> None:
+        """Delete the run, its savepoints, blobs and writer token, as one atomic step.
+
+        A reader sees the whole run or none of it. An unknown run is no error.
+        Must not interleave with ``_commit`` or ``_delete_savepoints`` of the same run.
+        """
 
     @abstractmethod
-    def _take_writer_token(self, run_id: str) -> int: ...
+    def _take_writer_token(self, run_id: str) -> int:
+        """Increment the run's writer token and return it, atomically and durably.
+
+        Tokens only grow, across processes and hosts: two callers never get the same
+        one. Raise ``self._not_initialized(run_id)`` for a run without storage.
+        """
 
     @abstractmethod
-    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None: ...
+    def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
+        """Store one savepoint as one atomic, durable step; durable when this returns.
+
+        Store ``record.blobs`` (new, uniquely named, immutable) and ``record.manifest``
+        at ``record.timestamp`` with its ``record.refs`` (every blob it needs, new ones
+        and earlier ones) and its ``entity_count`` and ``size`` for ``_index``. A
+        savepoint already at that timestamp is replaced, and blobs only it referred to
+        are freed. Inside the same step:
+
+        * with a ``writer_token``, raise ``self._stale(run_id, writer_token, current)``
+          unless it is the run's current token;
+        * raise :class:`MissingBlobsError` when a name of ``record.refs`` that is not
+          in ``record.blobs`` is not stored (a prune by another handle freed it; the
+          base then saves in full);
+        * raise ``self._not_initialized(run_id)`` for a run without storage.
+
+        A crash at any moment leaves the previous state or the new one. Must not
+        interleave with ``_delete_savepoints`` or ``_drop_run`` of the same run: the check
+        that earlier blobs exist holds until the commit is done (a transaction, a lock
+        on the run, a conditional write of the run's head object).
+        """
 
     @abstractmethod
-    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None: ...
+    def _read_savepoint(
+        self, run_id: str, timestamp: int | None, *, with_blobs: bool
+    ) -> SavepointParts | None:
+        """One savepoint as stored, read in one consistent step, or None when there is none.
+
+        ``timestamp`` None means the latest. With ``with_blobs``, ``blobs`` holds every
+        stored blob named by the savepoint's refs, read consistently with the manifest: a
+        concurrent prune or replace must not leave a manifest without its packs (read
+        both in one transaction or statement, or hold the run's lock, or retry on the
+        newer head). Without it, ``blobs`` is empty (the manifest alone, to describe it).
+        A blob that is missing although the manifest names it is left out: the base
+        reports that as damage. Check nothing else: the base verifies every byte.
+        """
 
     @abstractmethod
-    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]: ...
+    def _index(self, run_id: str) -> list[SavepointInfo]:
+        """Every savepoint of the run as ``SavepointInfo``, ascending by timestamp.
+
+        Reads no manifest or blob. A savepoint whose stored metadata is damaged is still
+        listed (with entity count and size 0), so it can be verified, skipped by a
+        resuming run and pruned; a row whose timestamp cannot be trusted is left out.
+        An unknown run has no savepoints.
+        """
 
     @abstractmethod
-    def _index(self, run_id: str) -> list[SavepointInfo]: ...
-
-    @abstractmethod
-    def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None: ...
+    def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None:
+        """Delete these savepoints (those the run has) and free every blob no remaining
+        savepoint refers to, atomically and durably. Must not interleave with ``_commit``
+        or ``_drop_run`` of the same run."""
 
     def _close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; the default has none."""

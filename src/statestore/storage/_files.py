@@ -28,6 +28,7 @@ existed) before anything in it is cleaned up; anything else is refused.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -37,7 +38,6 @@ import secrets
 import shutil
 import stat
 import struct
-import threading
 import time
 import urllib.parse
 import zlib
@@ -48,8 +48,8 @@ import msgpack
 
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError, CorruptSavepointError
-from ._base import MissingBlobsError, SavepointInfo, Storage
-from ._layout import SavepointRecord
+from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from .layout import SavepointRecord
 
 __all__ = ["FileStorage", "run_dir_name"]
 
@@ -279,14 +279,13 @@ class FileStorage(Storage):
         if not isinstance(path, str) or not path or "\x00" in path:
             raise ConfigError(f"file store directory must be a path, not {path!r}")
         self.directory = os.path.abspath(path)
-        # The packs read by _read_manifest, handed to the _read_blobs call that follows.
-        self._snapshot = threading.local()
         with self._boundary():
             if not os.path.isdir(self.directory):
                 os.makedirs(self.directory, exist_ok=True)
                 _fsync_dir(os.path.dirname(self.directory))  # the new store's entry, durable
             has_marker = self._recognise()
             if not self._writable():
+                self.capabilities = dataclasses.replace(self.capabilities, read_only=True)
                 return  # a read-only open reads, and never cleans anything up
             if not has_marker:
                 _write_file(self.directory, MARKER_FILE, _MARKER)
@@ -545,14 +544,14 @@ class FileStorage(Storage):
             _write_file(run_dir, WRITER_FILE, f"{token}\n".encode())
             return token
 
-    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None:
+    def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         with self._locked(run_id) as run_dir:
             if run_dir is None:
                 raise self._not_initialized(run_id)
-            if fence is not None:
+            if writer_token is not None:
                 current = self._read_token(run_id, run_dir)
-                if fence != current:
-                    raise self._stale(run_id, fence, current)
+                if writer_token != current:
+                    raise self._stale(run_id, writer_token, current)
             packs_dir = os.path.join(run_dir, PACKS_DIR)
             for name in (*record.refs, *record.blobs):
                 if not _BLOB_NAME.fullmatch(name):
@@ -581,7 +580,7 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return False
 
-    def _read_savepoint(self, run_id: str, path: str, timestamp: int) -> bytes | None:
+    def _savepoint_file(self, run_id: str, path: str, timestamp: int) -> bytes | None:
         """A savepoint file's bytes; a link or other non-file there is a damaged savepoint."""
         try:
             return _read(path)
@@ -591,8 +590,9 @@ class FileStorage(Storage):
                 "symbolic link or not a regular file (not followed)"
             ) from None
 
-    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
-        self._snapshot.packs = None
+    def _read_savepoint(
+        self, run_id: str, timestamp: int | None, *, with_blobs: bool
+    ) -> SavepointParts | None:
         # A shared lock: no commit or prune frees this savepoint's packs mid-read.
         with self._locked(run_id, exclusive=False) as run_dir:
             if run_dir is None:
@@ -604,23 +604,12 @@ class FileStorage(Storage):
                     return None
                 timestamp = stamps[-1]
             path = os.path.join(savepoints_dir, savepoint_file_name(timestamp))
-            data = self._read_savepoint(run_id, path, timestamp)
+            data = self._savepoint_file(run_id, path, timestamp)
             if data is None:
                 return None
             found = decode_savepoint_file(run_id, timestamp, data)
-            packs = self._read_packs(run_dir, found.refs)
-        self._snapshot.packs = (run_id, packs)
-        return timestamp, found.manifest
-
-    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
-        snapshot: tuple[str, dict[str, bytes]] | None = getattr(self._snapshot, "packs", None)
-        self._snapshot.packs = None
-        if snapshot is not None and snapshot[0] == run_id:
-            packs = snapshot[1]
-            if all(name in packs for name in names):
-                return {name: packs[name] for name in names}
-        run_dir = self._checked_run_dir(run_id)
-        return {} if run_dir is None else self._read_packs(run_dir, names)
+            packs = self._read_packs(run_dir, found.refs) if with_blobs else {}
+        return SavepointParts(timestamp, found.manifest, packs)
 
     def _index(self, run_id: str) -> list[SavepointInfo]:
         with self._locked(run_id, exclusive=False) as run_dir:
@@ -632,7 +621,7 @@ class FileStorage(Storage):
                 path = os.path.join(savepoints_dir, savepoint_file_name(timestamp))
                 data: bytes | None = None
                 try:
-                    data = self._read_savepoint(run_id, path, timestamp)
+                    data = self._savepoint_file(run_id, path, timestamp)
                     if data is None:
                         continue
                     found = decode_savepoint_file(run_id, timestamp, data)
@@ -670,7 +659,7 @@ class FileStorage(Storage):
             elif match := _SAVEPOINT_NAME.fullmatch(name):
                 timestamp = int(match.group(1))
                 try:
-                    data = self._read_savepoint(run_id, path, timestamp) or b""
+                    data = self._savepoint_file(run_id, path, timestamp) or b""
                     needed.update(decode_savepoint_file(run_id, timestamp, data).refs)
                 except CorruptSavepointError:
                     return  # cannot tell what a damaged savepoint needs: keep every pack

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..codecs import Codec
 from ..errors import ConfigError
-from ._base import MissingBlobsError, SavepointInfo, Storage
-from ._layout import SavepointRecord
+from ._base import Capabilities, MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from .layout import SavepointRecord
 
 __all__ = ["MemoryStorage"]
 
@@ -50,6 +50,7 @@ _named_stores_lock = threading.Lock()
 class MemoryStorage(Storage):
     """Savepoints in a dict; ``name`` shares one store across instances in the process."""
 
+    capabilities = Capabilities(durable=False, multi_process=False, multi_host=False)
     driver_errors = ()
 
     def __init__(self, name: str | None = None, codec: Codec | None = None) -> None:
@@ -97,13 +98,13 @@ class MemoryStorage(Storage):
             run.token = self._store.last_token
             return run.token
 
-    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None:
+    def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         with self._store.lock:
             run = self._store.runs.get(run_id)
             if run is None:
                 raise self._not_initialized(run_id)
-            if fence is not None and fence != run.token:
-                raise self._stale(run_id, fence, run.token)
+            if writer_token is not None and writer_token != run.token:
+                raise self._stale(run_id, writer_token, run.token)
             if any(name not in run.blobs and name not in record.blobs for name in record.refs):
                 raise MissingBlobsError(run_id)
             run.blobs.update(record.blobs)
@@ -113,7 +114,9 @@ class MemoryStorage(Storage):
             if replaced is not None:
                 self._collect(run)
 
-    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
+    def _read_savepoint(
+        self, run_id: str, timestamp: int | None, *, with_blobs: bool
+    ) -> SavepointParts | None:
         with self._store.lock:
             run = self._store.runs.get(run_id)
             if run is None or not run.savepoints:
@@ -121,13 +124,11 @@ class MemoryStorage(Storage):
             if timestamp is None:
                 timestamp = max(run.savepoints)
             saved = run.savepoints.get(timestamp)
-            return None if saved is None else (timestamp, saved.manifest)
-
-    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
-        with self._store.lock:
-            run = self._store.runs.get(run_id)
-            blobs = run.blobs if run is not None else {}
-            return {name: blobs[name] for name in names if name in blobs}
+            if saved is None:
+                return None
+            names = saved.refs if with_blobs else ()
+            blobs = {name: run.blobs[name] for name in names if name in run.blobs}
+            return SavepointParts(timestamp, saved.manifest, blobs)
 
     def _index(self, run_id: str) -> list[SavepointInfo]:
         with self._store.lock:

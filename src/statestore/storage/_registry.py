@@ -13,12 +13,12 @@ import importlib
 import re
 import urllib.parse
 from importlib.metadata import entry_points
-from typing import Any, Protocol, cast
+from typing import Any
 
 from ..codecs import Codec
 from ..errors import ConfigError
 from ._base import Storage
-from ._layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES
+from .layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES
 
 __all__ = ["open_storage", "redact_url"]
 
@@ -44,10 +44,6 @@ _KEYWORD_PARAMETER = re.compile(
     r"(?P<head>(?:^|(?<=\s))(?i:sslpassword|password)\s*=\s*)"
     r"(?P<value>'(?:[^'\\]|\\.)*'?|[^\s']\S*)"
 )
-
-
-class _FromUrl(Protocol):
-    def from_url(self, url: str, codec: Codec | None, **options: Any) -> Storage: ...
 
 
 def redact_url(url: str) -> str:
@@ -123,7 +119,7 @@ def _take_savepoint_limit(url: str, options: dict[str, Any]) -> tuple[str, int]:
     return url, value
 
 
-def _load_backend(scheme: str, url: str) -> _FromUrl:
+def _load_backend(scheme: str, url: str) -> type[Storage]:
     if scheme in _BACKENDS:
         module_name, class_name, extra = _BACKENDS[scheme]
         try:
@@ -133,9 +129,15 @@ def _load_backend(scheme: str, url: str) -> _FromUrl:
             raise ConfigError(
                 f"the {scheme}:// backend is not available ({exc.name} missing){hint}"
             ) from None
-        return cast(_FromUrl, getattr(module, class_name))
+        backend: type[Storage] = getattr(module, class_name)
+        return backend
     for entry in entry_points(group="statestore.backends"):
         if entry.name == scheme:
-            return cast(_FromUrl, entry.load())
+            found = entry.load()
+            if not (isinstance(found, type) and issubclass(found, Storage)):
+                raise ConfigError(
+                    f"the entry point {entry.value!r} for {scheme}:// is not a Storage subclass"
+                )
+            return found
     known = ", ".join(f"{name}://" for name in sorted(_BACKENDS))
     raise ConfigError(f"unknown storage scheme in {redact_url(url)!r}; known: {known}")

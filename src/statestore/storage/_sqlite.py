@@ -47,6 +47,7 @@ listing, and a damaged count or size lists as 0.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -60,8 +61,8 @@ import apsw
 
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError
-from ._base import MissingBlobsError, SavepointInfo, Storage
-from ._layout import SavepointRecord
+from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from .layout import SavepointRecord
 
 __all__ = ["APPLICATION_ID", "MAX_TIMEOUT", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -280,6 +281,7 @@ class SQLiteStorage(Storage):
         self._close()
         self._local = threading.local()
         self._read_only = True
+        self.capabilities = dataclasses.replace(self.capabilities, read_only=True)
         try:
             version = self._schema_version(self._connection())
         except apsw.Error as exc:
@@ -570,14 +572,14 @@ class SQLiteStorage(Storage):
             conn.execute("UPDATE runs SET writer_token = ? WHERE id = ?", (token, found[0]))
             return int(token)
 
-    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None:
+    def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         with self._write() as conn:
             found = conn.execute(_RUN_KEY, (run_id,)).fetchone()
             if found is None:
                 raise self._not_initialized(run_id)
             run, token = found
-            if fence is not None and fence != token:
-                raise self._stale(run_id, fence, token)
+            if writer_token is not None and writer_token != token:
+                raise self._stale(run_id, writer_token, token)
             refs = list(dict.fromkeys(record.refs))
             for name in refs:
                 if name not in record.blobs and not _blob_exists(conn, run, name):
@@ -600,29 +602,34 @@ class SQLiteStorage(Storage):
             if replaced:
                 _collect(conn, run)
 
-    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
+    def _read_savepoint(
+        self, run_id: str, timestamp: int | None, *, with_blobs: bool
+    ) -> SavepointParts | None:
         select = (
-            "SELECT s.ts, s.manifest FROM savepoints s JOIN runs r ON r.id = s.run "
+            "SELECT s.run, s.ts, s.manifest FROM savepoints s JOIN runs r ON r.id = s.run "
             f"WHERE r.run_id = ? AND {_WHOLE_TS}"
         )
+        params: tuple[Any, ...] = (run_id,)
         if timestamp is None:
-            found = self._query(f"{select} ORDER BY s.ts DESC LIMIT 1", (run_id,))
+            select += " ORDER BY s.ts DESC LIMIT 1"
         else:
-            found = self._query(f"{select} AND s.ts = ?", (run_id, timestamp))
-        return (int(found[0][0]), _as_bytes(found[0][1])) if found else None
-
-    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
+            select, params = f"{select} AND s.ts = ?", (run_id, timestamp)
+        # One read transaction: the manifest and its blobs come from one snapshot, so a
+        # prune committed meanwhile by another connection is not seen halfway.
         with self._read() as conn:
-            for name in names:
-                row = conn.execute(
-                    "SELECT b.data FROM blobs b JOIN runs r ON r.id = b.run "
-                    "WHERE r.run_id = ? AND b.name = ?",
-                    (run_id, name),
-                ).fetchone()
-                if row is not None:
-                    found[name] = _as_bytes(row[0])
-        return found
+            found = conn.execute(select, params).fetchone()
+            if found is None:
+                return None
+            run, ts, manifest = found
+            blobs: dict[str, bytes] = {}
+            if with_blobs:
+                rows = conn.execute(
+                    "SELECT b.name, b.data FROM savepoint_refs f JOIN blobs b "
+                    "ON b.run = f.run AND b.name = f.name WHERE f.run = ? AND f.ts = ?",
+                    (run, ts),
+                ).fetchall()
+                blobs = {str(name): _as_bytes(data) for name, data in rows}
+        return SavepointParts(int(ts), _as_bytes(manifest), blobs)
 
     def _index(self, run_id: str) -> list[SavepointInfo]:
         # A row with a damaged ts has no timestamp to list it under; a damaged count or

@@ -37,7 +37,7 @@ from ..errors import (
     StaleWriterError,
 )
 from ..storage import Savepoint, SavepointInfo, Storage, open_storage
-from ..storage._layout import MAX_SAVEPOINT_BYTES
+from ..storage.layout import MAX_SAVEPOINT_BYTES
 from ._worker import cap_address_space, payload, read_each, wholeness_problem
 from .forgery import (
     FORGERIES,

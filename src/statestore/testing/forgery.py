@@ -32,7 +32,7 @@ import zstandard
 from hypothesis import strategies as st
 
 from ..codecs import SafeCodec
-from ..storage import _layout
+from ..storage import layout
 
 __all__ = [
     "FORGERIES",
@@ -49,14 +49,14 @@ Fields = dict[str, Any]
 
 def manifest_fields(manifest: bytes) -> Fields:
     """The decoded body of a stored manifest, unchecked (to change and :func:`reseal`)."""
-    body = memoryview(manifest)[_layout._MANIFEST_HEADER.size :]
+    body = memoryview(manifest)[layout.MANIFEST_HEADER_SIZE :]
     fields: Fields = msgpack.unpackb(body, raw=False)
     return fields
 
 
 def reseal(fields: object) -> bytes:
     """A manifest holding ``fields`` whatever they are, with a valid header and checksum."""
-    return _layout.seal_manifest(msgpack.packb(fields, use_bin_type=True))
+    return layout.seal_manifest(msgpack.packb(fields, use_bin_type=True))
 
 
 def _changed(change: Callable[[Fields], object]) -> Callable[[Fields], object]:
@@ -114,7 +114,7 @@ FORGERIES: dict[str, Callable[[Fields], object]] = {
     "a bool for an offset": _set_first("offset", True),
     "a length past the pack": _set_first("length", 1 << 40),
     "an unknown flag": _set_first("flags", 2),
-    "a raw length over the state limit": _set_first("raw", _layout.MAX_STATE_BYTES + 1),
+    "a raw length over the state limit": _set_first("raw", layout.MAX_STATE_BYTES + 1),
     "a wrong raw length": _changed(
         lambda fields: fields["raw"].__setitem__(0, fields["raw"][0] + 1)
     ),
@@ -156,8 +156,8 @@ def crafted_savepoint(
     manifest and limit checks stand between a reader and what the bytes declare.
     """
     held = stored[:1] if shared else stored
-    pack = _layout.PACK_HEADER + b"".join(held)
-    offsets, offset = [], len(_layout.PACK_HEADER)
+    pack = layout.PACK_HEADER + b"".join(held)
+    offsets, offset = [], len(layout.PACK_HEADER)
     for state in held:
         offsets.append(offset)
         offset += len(state)

@@ -41,8 +41,8 @@ import psycopg_pool
 
 from ...codecs import Codec
 from ...errors import BackendError, ConfigError
-from .._base import MissingBlobsError, SavepointInfo, Storage
-from .._layout import SavepointRecord
+from .._base import Capabilities, MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from ..layout import SavepointRecord
 from . import _options
 from ._schema import CHUNK_BYTES, Tables, ensure_schema
 
@@ -73,6 +73,8 @@ _READ_LATEST = """
 _READ_AT = _READ_LATEST.replace(
     "WHERE r.run_id = %(run_id)s", "WHERE r.run_id = %(run_id)s AND s.ts = %(ts)s"
 )
+# The same without the blobs: the savepoint row alone (to describe a savepoint).
+_MANIFEST_LATEST, _MANIFEST_AT = (query.split("UNION ALL")[0] for query in (_READ_LATEST, _READ_AT))
 
 
 class _Queries:
@@ -123,11 +125,8 @@ class _Queries:
         )
         self.read_latest = q(_READ_LATEST)
         self.read_at = q(_READ_AT)
-        self.read_blobs = q(
-            """SELECT b.name, b.chunk, b.data
-            FROM {blobs} b JOIN {runs} r ON r.run_key = b.run_key
-            WHERE r.run_id = %s AND b.name = ANY (%s::text[])"""
-        )
+        self.read_latest_manifest = q(_MANIFEST_LATEST)
+        self.read_manifest_at = q(_MANIFEST_AT)
         self.vacuum = [
             q(f"VACUUM (ANALYZE) {{{name}}}") for name in ("runs", "savepoints", "blobs")
         ]
@@ -164,6 +163,7 @@ class PostgresStorage(Storage):
     :func:`statestore.open_storage` or :meth:`from_url`.
     """
 
+    capabilities = Capabilities(durable=True, multi_process=True, multi_host=True)
     driver_errors = (psycopg.Error, OSError)
 
     def __init__(
@@ -188,8 +188,6 @@ class PostgresStorage(Storage):
         )
         self._tables = Tables(self._settings.schema)
         self._queries = _Queries(self._tables)
-        # The blobs read with a manifest, for the _read_blobs call that follows it.
-        self._fetched = threading.local()
         self._in_use = 0  # pooled connections this storage holds right now
         self._in_use_lock = threading.Lock()
         with self._boundary():
@@ -406,7 +404,7 @@ class PostgresStorage(Storage):
             raise self._not_initialized(run_id)
         return token
 
-    def _commit(self, run_id: str, record: SavepointRecord, fence: int | None) -> None:
+    def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         q = self._queries
 
         def commit(conn: Connection) -> None:
@@ -414,8 +412,8 @@ class PostgresStorage(Storage):
             if row is None:
                 raise self._not_initialized(run_id)
             run_key, token = row
-            if fence is not None and fence != token:
-                raise self._stale(run_id, fence, token)
+            if writer_token is not None and writer_token != token:
+                raise self._stale(run_id, writer_token, token)
             # Read only now, in a statement of its own: a statement that waited for the
             # lock sees the rows of other relations as they were before the wait.
             replaced = conn.execute(q.savepoint_refs, [run_key, record.timestamp]).fetchone()
@@ -444,9 +442,15 @@ class PostgresStorage(Storage):
 
         self._write(commit, what=f"run {run_id!r}: savepoint {record.timestamp}")
 
-    def _read_manifest(self, run_id: str, timestamp: int | None) -> tuple[int, bytes] | None:
-        self._fetched.blobs = None
-        query = self._queries.read_latest if timestamp is None else self._queries.read_at
+    def _read_savepoint(
+        self, run_id: str, timestamp: int | None, *, with_blobs: bool
+    ) -> SavepointParts | None:
+        # One statement reads the savepoint row and the blobs it refers to: a snapshot.
+        q = self._queries
+        if with_blobs:
+            query = q.read_latest if timestamp is None else q.read_at
+        else:
+            query = q.read_latest_manifest if timestamp is None else q.read_manifest_at
         params: dict[str, Any] = {"run_id": run_id, "ts": timestamp}
         rows = self._read(lambda conn: conn.execute(query, params, binary=True).fetchall())
         found: tuple[int, bytes] | None = None
@@ -456,27 +460,9 @@ class PostgresStorage(Storage):
                 found = (int(ts), bytes(manifest))
             else:
                 chunks.setdefault(name, {})[chunk] = data
-        if found is not None:
-            self._fetched.blobs = (run_id, found[0], _assemble(chunks))
-        return found
-
-    def _read_blobs(self, run_id: str, names: Sequence[str]) -> dict[str, bytes]:
-        fetched = getattr(self._fetched, "blobs", None)
-        self._fetched.blobs = None
-        blobs: dict[str, bytes] = {}
-        if fetched is not None and fetched[0] == run_id:
-            blobs = {name: fetched[2][name] for name in names if name in fetched[2]}
-        missing = [name for name in names if name not in blobs]
-        if missing:  # only when a manifest names blobs its row does not: damage
-            query = self._queries.read_blobs
-            rows = self._read(
-                lambda conn: conn.execute(query, [run_id, missing], binary=True).fetchall()
-            )
-            chunks: dict[str, dict[int, bytes]] = {}
-            for name, chunk, data in rows:
-                chunks.setdefault(name, {})[chunk] = data
-            blobs.update(_assemble(chunks))
-        return blobs
+        if found is None:
+            return None
+        return SavepointParts(found[0], found[1], _assemble(chunks))
 
     def _index(self, run_id: str) -> list[SavepointInfo]:
         rows = self._read(lambda conn: conn.execute(self._queries.index, [run_id]).fetchall())

@@ -1,5 +1,9 @@
 """How a savepoint becomes bytes: one manifest plus packs of entity states.
 
+Public as the stored format's one definition: backends store what it builds without
+reading it, and tools that read or craft stored bytes (the conformance kit's
+forgeries, a forensic script) use it instead of a second parser.
+
 A savepoint is stored as two kinds of blob, written by every backend alike:
 
 * a **pack** holds encoded entity states back to back, after a 5-byte header
@@ -50,6 +54,8 @@ MANIFEST_MAGIC = b"SSMF"
 #: The bytes every pack starts with.
 PACK_HEADER = PACK_MAGIC + bytes([FORMAT_VERSION])
 _MANIFEST_HEADER = struct.Struct(">4sBI")  # magic, version, crc32 of version + body
+#: The bytes of a manifest before its MessagePack body.
+MANIFEST_HEADER_SIZE = _MANIFEST_HEADER.size
 
 
 def _manifest_crc(version: int, body: bytes | memoryview) -> int:
@@ -70,7 +76,7 @@ MAX_SAVEPOINT_BYTES = 1 << 31
 #: The name of that limit as an ``open_storage`` option and URL query parameter.
 LIMIT_OPTION = "max_savepoint_bytes"
 
-_FLAG_ZSTD = 1
+FLAG_ZSTD = 1
 #: What :func:`new_pack_name` makes; a manifest naming anything else is crafted.
 _PACK_NAME = re.compile(r"[0-9]{20}-[0-9a-f]{16}")
 _MAX_CODEC_NAME = 128
@@ -256,7 +262,7 @@ def build_record(
             compressor = compressor or zstandard.ZstdCompressor(level=3, write_content_size=True)
             compressed = compressor.compress(raw)
             if len(compressed) < len(raw):
-                data, flag = compressed, _FLAG_ZSTD
+                data, flag = compressed, FLAG_ZSTD
         parts.append(data)
         written[i] = (offset, len(data), flag)
         offset += len(data)
@@ -434,7 +440,7 @@ def _manifest_problem(fields: object, timestamp: int) -> str | None:
         ("offset", len(PACK_HEADER), _MAX_INT64),
         ("length", 0, _MAX_INT64),
         ("raw", 0, MAX_STATE_BYTES),
-        ("flags", 0, _FLAG_ZSTD),
+        ("flags", 0, FLAG_ZSTD),
     ):
         if not _ints_in(fields[name], low, high) or len(fields[name]) != len(ids):
             return f"has a bad {name} column"

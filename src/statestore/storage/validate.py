@@ -1,4 +1,9 @@
-"""Argument checks of the storage contract, run before anything is written."""
+"""Argument checks of the storage contract, run before anything is written.
+
+Public, because every layer checks its arguments with these same rules: the storage
+base, the engine and the operations behind the command line. Each check returns the
+value it accepted or raises :class:`~statestore.errors.InvalidArgumentError` saying why.
+"""
 
 from __future__ import annotations
 
