@@ -197,7 +197,9 @@ def test_the_statestore_command_runs_the_demo_on_a_file_store(tmp_path: Path) ->
     report = json.loads(done.stdout)
     assert report["match"] is True
     assert report["crash"]["exit_code"] == -signal.SIGKILL
-    assert report["store"]["file_bytes"] is None
+    files = [path for path in (tmp_path / "store").rglob("*") if path.is_file()]
+    on_disk = sum(path.lstat().st_size for path in files)
+    assert report["store"]["file_bytes"] == on_disk
     with statestore.open_storage(f"file://{tmp_path / 'store'}") as storage:
         assert (
             storage.get_latest_savepoint_timestamp("on-files")

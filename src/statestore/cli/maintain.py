@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
 from .. import ops
@@ -216,9 +215,9 @@ def delete(args: argparse.Namespace, out: Output) -> int:
 def compact(args: argparse.Namespace, out: Output) -> int:
     """``statestore compact``."""
     with open_store(args.url) as storage:
-        before = _disk_usage(storage)
+        before = storage.disk_usage()
         storage.compact()
-        after = _disk_usage(storage)
+        after = storage.disk_usage()
     if args.json:
         out.json({"compacted": redact_url(args.url), "bytes_before": before, "bytes_after": after})
         return EXIT_OK
@@ -227,23 +226,3 @@ def compact(args: argparse.Namespace, out: Output) -> int:
         sizes = f": {format_size(before)} -> {format_size(after)} on disk"
     out.line(f"compacted {redact_url(args.url)}{sizes}")
     return EXIT_OK
-
-
-def _disk_usage(storage: object) -> int | None:
-    """Bytes on disk of a SQLite file (with its WAL) or a file store; None for servers."""
-    path = getattr(storage, "path", None)
-    if isinstance(path, str):
-        return sum(
-            os.path.getsize(p) for p in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(p)
-        )
-    directory = getattr(storage, "directory", None)
-    if isinstance(directory, str):
-        total = 0
-        for root, _dirs, files in os.walk(directory):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_size
-                except FileNotFoundError:
-                    continue  # removed while we walked
-        return total
-    return None

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -132,8 +131,8 @@ def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoRe
         with open_storage(url) as storage:
             final_ts, final_states = storage.get_latest_savepoint(options.run_id)
             rows = storage.list_savepoints(options.run_id)
+            file_bytes = storage.disk_usage()
         stored_digest = states_digest(final_states)
-        file_bytes = _sqlite_file_bytes(url)
     stream = options.stream
 
     def reference_progress(done: int) -> None:
@@ -275,12 +274,3 @@ def _follow(
             shown = result.position
             progress(phase, shown)
     return None
-
-
-def _sqlite_file_bytes(url: str) -> int | None:
-    """The size of a local SQLite store (with its write-ahead log), else None."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = urllib.parse.unquote(url[len("sqlite:///") :].split("?", 1)[0])
-    sizes = [os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p)]
-    return sum(sizes) if sizes else None

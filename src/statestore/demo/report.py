@@ -122,7 +122,7 @@ def report_text(result: DemoResult) -> str:
             lines.append(
                 _row("after crash", f"latest savepoint {_when(after) if after else 'none'}")
             )
-    file_size = f", store file {_bytes(store['file_bytes'])}" if store["file_bytes"] else ""
+    file_size = f", {_bytes(store['file_bytes'])} on disk" if store["file_bytes"] else ""
     digests = data["digests"]
     verdict = (
         "MATCH: the resumed run equals the uninterrupted one"

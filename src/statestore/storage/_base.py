@@ -429,6 +429,12 @@ class Storage(ABC):
         with self._boundary():
             self._compact()
 
+    def disk_usage(self) -> int | None:
+        """Bytes the store takes on this machine's disks; None where it lives elsewhere
+        (a server, object storage, memory), so a caller never shows a made-up figure."""
+        with self._boundary():
+            return self._disk_usage()
+
     def close(self) -> None:
         """Release connections and files; further use is an error of the caller."""
         with self._close_lock:
@@ -611,3 +617,9 @@ class Storage(ABC):
 
     def _compact(self) -> None:  # noqa: B027 - optional hook
         """Return freed space to the OS (SQLite VACUUM, ...); the default has nothing to do."""
+
+    def _disk_usage(self) -> int | None:
+        """Bytes of every local file the store consists of, or None (the default) for a
+        store that is not a set of local files. Files that vanish while being counted
+        (a concurrent prune) count as 0."""
+        return None

@@ -676,6 +676,18 @@ class FileStorage(Storage):
                 if run_dir is not None:
                     self._collect(run_id, run_dir)
 
+    def _disk_usage(self) -> int:
+        total = 0
+        # os.walk never descends into a symlink, and lstat never follows one: a link
+        # planted in the store counts as the link, not as what it points to.
+        for root, _dirs, files in os.walk(self.directory):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except FileNotFoundError:
+                    continue  # pruned while we walked
+        return total
+
     def _clean_housekeeping(self) -> None:
         """Finish crashed drops (everything in .trash) and abandoned creates (old .tmp)."""
         # Only real directories: a link planted as .trash or .tmp is never followed.

@@ -665,8 +665,22 @@ class SQLiteStorage(Storage):
         # ...then back, shrinking both files (fetched: a statement runs until its last row).
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
+    def _disk_usage(self) -> int:
+        # The write-ahead log and its index are part of the store: a savepoint may live
+        # only in the -wal file until the next checkpoint.
+        return sum(_file_size(self.path + suffix) for suffix in ("", "-wal", "-shm"))
+
 
 # -------------------------------------------------------------------- helpers
+
+
+def _file_size(path: str) -> int:
+    """The size of a file, 0 when there is none (a -wal file not created yet)."""
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+
 
 #: Every live SQLiteStorage, so a forked child can reset each one's connections.
 _open_storages: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()

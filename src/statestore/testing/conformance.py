@@ -846,6 +846,27 @@ class InProcessConformance:
             )
             assert second.acquire_writer("run") > token
 
+    # ================================================================ disk usage
+
+    def test_disk_usage_counts_what_is_stored(self, storage: Storage) -> None:
+        """A store either has no local size (None, always) or counts its saves and
+        gives the space of a deleted run back after ``compact``."""
+        empty = storage.disk_usage()
+        storage.init_storage("run")
+        state = os.urandom(256 << 10)  # incompressible: stored bytes >= its length
+        storage.save_savepoint("run", 60_000, [("big", state)])
+        saved = storage.disk_usage()
+        if empty is None:
+            assert saved is None, "disk_usage() is None for an empty store, then a size"
+            return
+        assert isinstance(saved, int)
+        assert saved >= empty + len(state), f"{saved} bytes after saving {len(state)}"
+        storage.delete_run("run")
+        storage.compact()
+        freed = storage.disk_usage()
+        assert freed is not None
+        assert freed <= saved - len(state), f"{freed} bytes after dropping the run"
+
     # ================================================================ concurrency
 
     def test_threads_share_one_storage(self, storage: Storage) -> None:
