@@ -63,12 +63,14 @@ class Commands:
         handler: Handler,
         *,
         url: bool = True,
+        json: bool = True,
         description: str | None = None,
     ) -> argparse.ArgumentParser:
         """One subcommand; ``example`` (shell lines) is shown by ``--help``.
 
-        ``url`` adds ``--url``; every command but ``demo`` gets ``--json``. Add the
-        command's own arguments to the parser returned.
+        ``url`` adds ``--url`` and ``json`` adds ``--json`` (a command that defines its
+        own, like ``demo``, turns them off). Add the command's own arguments to the
+        parser returned.
         """
         parser = self._subparsers.add_parser(
             name,
@@ -80,7 +82,7 @@ class Commands:
         parser.set_defaults(handler=handler)
         if url:
             add_url_option(parser)
-        if name != "demo":
+        if json:
             parser.add_argument(
                 "--json", action="store_true", help="print JSON (timestamps as integers)"
             )

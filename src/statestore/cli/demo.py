@@ -24,6 +24,7 @@ def register(commands: Commands, *, load: bool) -> None:
         "statestore demo\nstatestore demo --sensors 200 --events 20000 --crash-at 0.5",
         demo,
         url=False,
+        json=False,
     )
     if not load:
         return
