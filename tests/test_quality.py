@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "src", "tests", "benchmarks"],
-        ["ruff", "format", "--check", "src", "tests", "benchmarks"],
+        ["ruff", "check", "src", "tests", "benchmarks", "examples"],
+        ["ruff", "format", "--check", "src", "tests", "benchmarks", "examples"],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy-strict"],

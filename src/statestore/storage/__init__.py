@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from ._base import (
     Capabilities,
     EncodedSavepoint,
+    MissingBlobsError,
     Savepoint,
     SavepointInfo,
     SavepointLayout,
+    SavepointParts,
     Storage,
     StoredState,
 )
@@ -38,7 +40,7 @@ from ._functions import (
 from ._memory import MemoryStorage
 from ._registry import open_storage, redact_url
 from ._sqlite import SQLiteStorage
-from .layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES
+from .layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES, SavepointRecord
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStorage
@@ -51,11 +53,14 @@ __all__ = [
     "EncodedSavepoint",
     "FileStorage",
     "MemoryStorage",
+    "MissingBlobsError",
     "PostgresStorage",
     "SQLiteStorage",
     "Savepoint",
     "SavepointInfo",
     "SavepointLayout",
+    "SavepointParts",
+    "SavepointRecord",
     "Storage",
     "StoredState",
     "delete_old_savepoints",
