@@ -26,3 +26,15 @@ def test_the_readme_main_job_command_runs_the_demo() -> None:
 def test_readme_links_to_existing_files() -> None:
     for target in re.findall(r"\]\(((?:docs|benchmarks)/[^)#]+)\)", README):
         assert (ROOT / target).exists(), target
+
+
+def test_the_backend_guide_quotes_the_example_backend_as_it_is() -> None:
+    guide = (ROOT / "docs" / "backends.md").read_text()
+    quoted = re.findall(r"```python\n(.*?)```", guide, re.S)
+    sources = [
+        (ROOT / "examples" / "dirstore.py").read_text(),
+        (ROOT / "tests" / "test_example_backend.py").read_text(),
+    ]
+    assert quoted
+    for block in quoted:
+        assert any(block in source for source in sources), block
