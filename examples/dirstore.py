@@ -238,6 +238,19 @@ class DirStorage(Storage):
         )
 
 
+def open_dirstore(url: str, codec: Codec | None = None, **options: Any) -> DirStorage:
+    """Open a ``dirstore://`` URL as ``open_storage`` opens a registered scheme.
+
+    What the conformance kit's child processes call (``opener = "dirstore:open_dirstore"``),
+    since this example is not registered under the ``statestore.backends`` entry point.
+    """
+    limit = options.pop("max_savepoint_bytes", None)
+    storage = DirStorage.from_url(url, codec, **options)
+    if limit is not None:
+        storage.max_savepoint_bytes = limit
+    return storage
+
+
 # -------------------------------------------------------------------- files
 
 

@@ -1,15 +1,14 @@
 """Shared helpers of the fault and fencing tests, and the child processes they drive.
 
-A test picks a backend with :func:`backend_params` and :func:`store_url`, reaches the
-stored bytes of a savepoint through :class:`BackDoor` (each backend's files or rows,
-past the library), and drives child processes through :class:`Child`. The children::
+A test picks a backend with :func:`backend_params` and :func:`store_url`, and drives
+child processes through :class:`Child`. The children::
 
     python tests/fault_helpers.py engine URL RUN_ID WRITER
     python tests/fault_helpers.py saver URL RUN_ID FIRST_TS
 
 ``engine`` runs a :class:`statestore.StateStore` on the run and obeys one command per
 line on stdin, answering one line each (see :func:`engine_driver`). ``saver`` saves
-savepoints of :func:`statestore.testing._worker.payload` until it is killed, retrying
+savepoints of :func:`statestore.testing.worker.payload` until it is killed, retrying
 through :class:`~statestore.errors.BackendError`, printing ``ACK <ts>`` once a save
 returned (see :func:`saver`).
 """
@@ -19,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -30,17 +27,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from statestore import BackendError, Savepoint, StaleWriterError, StateStoreError, open_storage
-from statestore.storage import _files
+from statestore.testing.faults import (  # the kit's engine-driven runs, shared
+    ENTITIES,
+    SCHEDULE,
+    engine_state,
+    mount,
+    unmount,
+)
 
 if TYPE_CHECKING:
     import pytest
 
 HERE = Path(__file__).resolve()
 
-#: The entities of every engine-driven run, in registration order.
-ENTITIES = ("sensor-a", "sensor-b", "sensor-c")
-#: The savepoint interval of every engine-driven run (milliseconds).
-SCHEDULE = 1_000
 #: Every backend whose store processes can share.
 BACKENDS = ("sqlite", "file", "postgresql")
 #: How long a test waits for a child's answer before it fails.
@@ -73,16 +72,6 @@ def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def engine_state(writer: str, entity_id: str, timestamp: int) -> dict[str, Any]:
-    """The state an engine driver gives an entity at ``timestamp``: it names its writer."""
-    return {"writer": writer, "entity": entity_id, "ts": timestamp}
-
-
-def engine_savepoint(writer: str, timestamp: int) -> Savepoint:
-    """The savepoint a driver that acknowledged exactly ``timestamp`` persists there."""
-    return Savepoint(timestamp, [(e, engine_state(writer, e, timestamp)) for e in ENTITIES])
-
-
 def snapshot(url: str, run_id: str) -> list[Savepoint]:
     """Every savepoint of the run, read back through a storage of its own."""
     with open_storage(url) as storage:
@@ -90,193 +79,7 @@ def snapshot(url: str, run_id: str) -> list[Savepoint]:
         return [storage.get_savepoint(run_id, row.timestamp) for row in rows]
 
 
-# -------------------------------------------------------------------- the back door
-
-
-class BackDoor:
-    """The stored bytes of a savepoint, read and written past the library.
-
-    ``fields(run_id, ts)`` names every stored byte string of the savepoint: the
-    manifest (in the file backend: the whole savepoint file) and each pack it refers
-    to. ``read`` and ``write`` take those names.
-    """
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.backend = url.split("://", 1)[0]
-        self._conn: Any = None
-        if self.backend == "sqlite":
-            self._conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-        elif self.backend == "postgresql":
-            import psycopg
-
-            from statestore.storage._postgres._options import settings_from_url
-            from statestore.storage._postgres._schema import Tables
-
-            settings = settings_from_url(url, {})
-            self._tables = Tables(settings.schema)
-            self._conn = psycopg.connect(settings.conninfo, autocommit=True)
-
-    def close(self) -> None:
-        """Close the connection to the store, if any."""
-        if self._conn is not None:
-            self._conn.close()
-
-    def __enter__(self) -> BackDoor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---------------------------------------------------------------- file backend
-
-    def _run_dir(self, run_id: str) -> Path:
-        return Path(self.url.removeprefix("file://")) / _files.run_dir_name(run_id)
-
-    def _savepoint_file(self, run_id: str, ts: int) -> Path:
-        return self._run_dir(run_id) / _files.SAVEPOINTS_DIR / _files.savepoint_file_name(ts)
-
-    # ---------------------------------------------------------------- SQL
-
-    def _pg(self, template: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = self._conn.execute(
-            self._tables.sql(template), params
-        ).fetchall()
-        return rows
-
-    def fields(self, run_id: str, ts: int) -> list[str]:
-        """The names of the savepoint's stored byte strings: manifest first, then packs."""
-        if self.backend == "file":
-            data = self._savepoint_file(run_id, ts).read_bytes()
-            refs = _files.decode_savepoint_file(run_id, ts, data).refs
-        elif self.backend == "sqlite":
-            refs = tuple(
-                name
-                for (name,) in self._conn.execute(
-                    "SELECT f.name FROM savepoint_refs f JOIN runs r ON r.id = f.run "
-                    "WHERE r.run_id = ? AND f.ts = ? ORDER BY f.name",
-                    (run_id, ts),
-                )
-            )
-        else:
-            ((found,),) = self._pg(
-                "SELECT s.refs FROM {savepoints} s JOIN {runs} r USING (run_key) "
-                "WHERE r.run_id = %s AND s.ts = %s",
-                [run_id, ts],
-            )
-            refs = tuple(found)
-        return ["manifest", *(f"pack:{name}" for name in refs)]
-
-    def read(self, run_id: str, ts: int, field: str) -> bytes:
-        """The stored bytes of ``field`` (see :meth:`fields`)."""
-        pack = field.removeprefix("pack:") if field.startswith("pack:") else None
-        if self.backend == "file":
-            if pack is None:
-                return self._savepoint_file(run_id, ts).read_bytes()
-            return (self._run_dir(run_id) / _files.PACKS_DIR / pack).read_bytes()
-        if self.backend == "sqlite":
-            if pack is None:
-                query = (
-                    "SELECT s.manifest FROM savepoints s JOIN runs r ON r.id = s.run "
-                    "WHERE r.run_id = ? AND s.ts = ?"
-                )
-                (data,) = self._conn.execute(query, (run_id, ts)).fetchone()
-            else:
-                query = (
-                    "SELECT b.data FROM blobs b JOIN runs r ON r.id = b.run "
-                    "WHERE r.run_id = ? AND b.name = ?"
-                )
-                (data,) = self._conn.execute(query, (run_id, pack)).fetchone()
-            return bytes(data)
-        if pack is None:
-            ((data,),) = self._pg(
-                "SELECT s.manifest FROM {savepoints} s JOIN {runs} r USING (run_key) "
-                "WHERE r.run_id = %s AND s.ts = %s",
-                [run_id, ts],
-            )
-            return bytes(data)
-        rows = self._pg(
-            "SELECT b.data FROM {blobs} b JOIN {runs} r USING (run_key) "
-            "WHERE r.run_id = %s AND b.name = %s ORDER BY b.chunk",
-            [run_id, pack],
-        )
-        return b"".join(bytes(data) for (data,) in rows)
-
-    def write(self, run_id: str, ts: int, field: str, data: bytes) -> None:
-        """Overwrite the stored bytes of ``field`` in place, as damage would."""
-        pack = field.removeprefix("pack:") if field.startswith("pack:") else None
-        if self.backend == "file":
-            if pack is None:
-                path = self._savepoint_file(run_id, ts)
-            else:
-                path = self._run_dir(run_id) / _files.PACKS_DIR / pack
-            path.write_bytes(data)
-        elif self.backend == "sqlite":
-            if pack is None:
-                self._conn.execute(
-                    "UPDATE savepoints SET manifest = ? WHERE ts = ? AND run = "
-                    "(SELECT id FROM runs WHERE run_id = ?)",
-                    (data, ts, run_id),
-                )
-            else:
-                self._conn.execute(
-                    "UPDATE blobs SET data = ? WHERE name = ? AND run = "
-                    "(SELECT id FROM runs WHERE run_id = ?)",
-                    (data, pack, run_id),
-                )
-        elif pack is None:
-            self._pg(
-                "UPDATE {savepoints} SET manifest = %s WHERE ts = %s AND run_key = "
-                "(SELECT run_key FROM {runs} WHERE run_id = %s) RETURNING ts",
-                [data, ts, run_id],
-            )
-        else:  # one chunk holding the whole blob, as a small blob is stored anyway
-            key = "(SELECT run_key FROM {runs} WHERE run_id = %s)"
-            with self._conn.transaction():
-                self._pg(
-                    f"DELETE FROM {{blobs}} WHERE name = %s AND run_key = {key} RETURNING name",
-                    [pack, run_id],
-                )
-                self._pg(
-                    f"INSERT INTO {{blobs}} (run_key, name, chunk, data) "
-                    f"SELECT {key}, %s, 0, %s RETURNING name",
-                    [run_id, pack, data],
-                )
-
-
-def flip(data: bytes, position: int, mask: int = 0xFF) -> bytes:
-    """``data`` with the byte at ``position`` XORed with ``mask``."""
-    return data[:position] + bytes([data[position] ^ mask]) + data[position + 1 :]
-
-
 # -------------------------------------------------------------------- mounts
-
-
-def mount(*args: str) -> bool:
-    """Run ``mount ARGS``; False when this machine does not allow it (not root, no caps)."""
-    if os.geteuid() != 0:
-        return False
-    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
-    return done.returncode == 0
-
-
-def unmount(path: Path) -> None:
-    """Unmount ``path``; lazily when something still holds it open."""
-    done = subprocess.run(["umount", str(path)], capture_output=True, check=False)
-    if done.returncode != 0:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[bool]:
-    """A tmpfs of ``size`` (``1m``, ``512k``) mounted on ``path``; yields False if refused."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
-    try:
-        yield mounted
-    finally:
-        if mounted:
-            unmount(path)
 
 
 @contextlib.contextmanager
@@ -303,18 +106,6 @@ def read_only_view(source: Path, target: Path) -> Iterator[bool]:
 def child_env() -> dict[str, str]:
     """The environment of a child: this one, without bytecode writes into the tree."""
     return {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-
-
-def run_python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` (dedented) in a fresh interpreter with ``args`` as ``sys.argv[1:]``."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=ANSWER_TIMEOUT,
-        check=False,
-        env=child_env(),
-    )
 
 
 class Child:
@@ -483,7 +274,7 @@ def saver(url: str, run_id: str, first: int) -> None:
     storage = open_storage(url)
     storage.init_storage(run_id)
     token = storage.acquire_writer(run_id)
-    from statestore.testing._worker import payload
+    from statestore.testing.worker import payload
 
     print("READY", flush=True)
     timestamp = first

@@ -1,6 +1,6 @@
 """The read commands against a run that another process is writing and pruning right now.
 
-A real writer process (``crash_writer.py``) saves and prunes to its single newest
+A real writer process (the kit worker's ``crash`` command) saves and prunes to its single newest
 savepoint as fast as it can while ``copy``, ``export`` or ``stats`` runs. Every savepoint
 those commands list may be gone a moment later; they must still either succeed with a
 run that ends with (at least) the source's latest savepoint when they started, or fail
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import pytest
 from cli_support import BACKENDS, assert_one_line_error, run_cli, store_url
 
 import statestore
+from statestore.testing.worker import command
 
-WRITER = Path(__file__).with_name("crash_writer.py")
 RUN = "busy"
 #: How many times each command runs against the writer (each takes well under a second).
 ROUNDS = 6
@@ -31,7 +30,7 @@ ROUNDS = 6
 def pruning_writer(url: str) -> Iterator[subprocess.Popen[str]]:
     """A writer saving and pruning to ``keep_n=1`` until the block ends (then killed)."""
     process = subprocess.Popen(
-        [sys.executable, str(WRITER), url, RUN, "7", "1"],
+        command("crash", url, RUN, "7", "1"),
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fault_helpers import ENTITIES, SCHEDULE, backend_params, store_url
+from fault_helpers import backend_params, store_url
 
 from statestore import ConfigError, CorruptSavepointError, StateStore, Storage, open_storage
 from statestore.codecs import PickleCodec
+from statestore.testing.faults import ENTITIES, SCHEDULE
 
 RUN = "signed-run"
 KEY = b"the key the job was configured with"

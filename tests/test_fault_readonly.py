@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 from conftest import with_query
-from fault_helpers import ENTITIES, SCHEDULE, child_env, read_only_view, snapshot
+from fault_helpers import child_env, read_only_view, snapshot
 
 from statestore import BackendError, StateStore, Storage, open_storage
-from statestore.testing._worker import payload
+from statestore.testing.faults import ENTITIES, SCHEDULE
+from statestore.testing.worker import payload
 
 RUN = "read-only-run"
 

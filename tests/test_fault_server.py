@@ -21,13 +21,14 @@ import time
 import psycopg
 import pytest
 from conftest import with_query
-from fault_helpers import ENTITIES, SCHEDULE, Child, engine_savepoint, engine_state
+from fault_helpers import Child
 from postgres_server import SERVICE_USER, PostgresServer, ServerUnavailableError
 
 from statestore import BackendError, StateStore, open_storage
 from statestore.storage._postgres._options import settings_from_url
 from statestore.storage._postgres._schema import Tables
-from statestore.testing._worker import wholeness_problem
+from statestore.testing.faults import ENTITIES, SCHEDULE, engine_savepoint, engine_state
+from statestore.testing.worker import wholeness_problem
 
 RUN = "outage-run"
 ROUNDS = 2

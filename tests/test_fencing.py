@@ -14,17 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fault_helpers import (
-    ENTITIES,
-    Child,
-    backend_params,
-    engine_savepoint,
-    engine_state,
-    snapshot,
-    store_url,
-)
+from fault_helpers import Child, backend_params, snapshot, store_url
 
 from statestore import Savepoint
+from statestore.testing.faults import ENTITIES, engine_savepoint, engine_state
 
 RUN = "fenced-run"
 

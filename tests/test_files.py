@@ -38,9 +38,11 @@ from statestore.storage._files import (
     run_dir_name,
     savepoint_file_name,
 )
-from statestore.testing import StorageConformance
-from statestore.testing.conformance import Part
+from statestore.testing import FullDiskTests, StorageConformance
+from statestore.testing.hooks import MANIFEST, PACK_PREFIX
 
+#: The raw part of a savepoint that is its whole file, frame and all.
+SAVEPOINT_FILE = "savepoint-file"
 SAFE_NAME = re.compile(r"(?:[a-z0-9_]{1,24}-)?[0-9a-f]{40}")
 
 
@@ -53,30 +55,45 @@ def _read_savepoint_file(storage: FileStorage, run_id: str, timestamp: int) -> S
     return decode_savepoint_file(run_id, timestamp, data)
 
 
-class TestFiles(StorageConformance):
+class TestFiles(FullDiskTests, StorageConformance):
     @pytest.fixture
     def url(self, tmp_path: Path) -> str:
         return f"file://{tmp_path}/store"
 
-    def tamper(
-        self,
-        storage: Storage,
-        run_id: str,
-        timestamp: int,
-        part: Part,
-        mutate: Callable[[bytes], bytes],
+    def url_in(self, directory: Path) -> str:
+        return f"file://{directory}/store"
+
+    # The back doors: the savepoint file (a frame around the manifest and the names of
+    # its packs), the manifest inside it, and the pack files.
+
+    def raw_parts(self, storage: Storage, run_id: str, timestamp: int) -> list[str]:
+        assert isinstance(storage, FileStorage)
+        refs = _read_savepoint_file(storage, run_id, timestamp).refs
+        return [MANIFEST, *(PACK_PREFIX + name for name in refs), SAVEPOINT_FILE]
+
+    def raw_read(self, storage: Storage, run_id: str, timestamp: int, part: str) -> bytes:
+        assert isinstance(storage, FileStorage)
+        if part == MANIFEST:
+            return _read_savepoint_file(storage, run_id, timestamp).manifest
+        return self._raw_path(storage, run_id, timestamp, part).read_bytes()
+
+    def raw_write(
+        self, storage: Storage, run_id: str, timestamp: int, part: str, data: bytes
     ) -> None:
         assert isinstance(storage, FileStorage)
-        found = _read_savepoint_file(storage, run_id, timestamp)
-        if part == "manifest":
+        if part == MANIFEST:
             # Re-framed with a valid file checksum: only the manifest's own check is left.
-            changed = found._replace(manifest=mutate(found.manifest))
-            path = _savepoint_path(storage, run_id, timestamp)
-            path.write_bytes(encode_savepoint_file(timestamp, changed))
-        else:
-            for name in found.refs:
-                pack = Path(storage._run_dir(run_id), PACKS_DIR, name)
-                pack.write_bytes(mutate(pack.read_bytes()))
+            changed = _read_savepoint_file(storage, run_id, timestamp)._replace(manifest=data)
+            data = encode_savepoint_file(timestamp, changed)
+            part = SAVEPOINT_FILE
+        self._raw_path(storage, run_id, timestamp, part).write_bytes(data)
+
+    @staticmethod
+    def _raw_path(storage: FileStorage, run_id: str, timestamp: int, part: str) -> Path:
+        if part == SAVEPOINT_FILE:
+            return _savepoint_path(storage, run_id, timestamp)
+        assert part.startswith(PACK_PREFIX), part
+        return Path(storage._run_dir(run_id), PACKS_DIR, part.removeprefix(PACK_PREFIX))
 
 
 # ------------------------------------------------------------------ URLs and construction

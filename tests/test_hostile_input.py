@@ -20,8 +20,8 @@ from statestore import StateStore, StateStoreError, open_storage, ops
 from statestore.codecs import SafeCodec
 from statestore.errors import BackendError, ConfigError, CorruptSavepointError
 from statestore.storage import MemoryStorage, SavepointInfo, Storage, layout
-from statestore.testing._worker import payload
 from statestore.testing.forgery import FORGERIES, manifest_fields, reseal
+from statestore.testing.worker import payload
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

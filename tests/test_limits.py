@@ -28,7 +28,7 @@ from statestore.errors import ConfigError, CorruptSavepointError, EncodeError
 from statestore.ops import archive
 from statestore.storage import Storage
 from statestore.storage.layout import MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES
-from statestore.testing._worker import payload
+from statestore.testing.worker import payload
 
 GIB = 1 << 30
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
 import pytest
 
 from statestore.storage import MemoryStorage, Storage
-from statestore.testing.conformance import InProcessConformance, Part
+from statestore.testing import InProcessConformance
+from statestore.testing.hooks import MANIFEST, PACK_PREFIX
 
 
 class TestMemory(InProcessConformance):
@@ -18,19 +18,26 @@ class TestMemory(InProcessConformance):
     def url(self) -> str:
         return f"memory://test-{uuid.uuid4().hex}"
 
-    def tamper(
-        self,
-        storage: Storage,
-        run_id: str,
-        timestamp: int,
-        part: Part,
-        mutate: Callable[[bytes], bytes],
+    # The back doors reach the store's dicts, which every handle on the name shares.
+
+    def raw_parts(self, storage: Storage, run_id: str, timestamp: int) -> list[str]:
+        assert isinstance(storage, MemoryStorage)
+        saved = storage._store.runs[run_id].savepoints[timestamp]
+        return [MANIFEST, *(PACK_PREFIX + name for name in saved.refs)]
+
+    def raw_read(self, storage: Storage, run_id: str, timestamp: int, part: str) -> bytes:
+        assert isinstance(storage, MemoryStorage)
+        run = storage._store.runs[run_id]
+        if part == MANIFEST:
+            return run.savepoints[timestamp].manifest
+        return run.blobs[part.removeprefix(PACK_PREFIX)]
+
+    def raw_write(
+        self, storage: Storage, run_id: str, timestamp: int, part: str, data: bytes
     ) -> None:
         assert isinstance(storage, MemoryStorage)
         run = storage._store.runs[run_id]
-        saved = run.savepoints[timestamp]
-        if part == "manifest":
-            saved.manifest = mutate(saved.manifest)
+        if part == MANIFEST:
+            run.savepoints[timestamp].manifest = data
         else:
-            for name in saved.refs:
-                run.blobs[name] = mutate(run.blobs[name])
+            run.blobs[part.removeprefix(PACK_PREFIX)] = data

@@ -41,8 +41,8 @@ from statestore.storage._postgres import PostgresStorage
 from statestore.storage._postgres._options import settings_from_url
 from statestore.storage._postgres._schema import CHUNK_BYTES, LATEST_VERSION, MIGRATIONS, Tables
 from statestore.testing import StorageConformance
-from statestore.testing._worker import wholeness_problem
-from statestore.testing.conformance import Part
+from statestore.testing.hooks import MANIFEST, PACK_PREFIX
+from statestore.testing.worker import wholeness_problem
 
 
 def _admin(storage: PostgresStorage) -> psycopg.Connection[tuple[Any, ...]]:
@@ -55,50 +55,77 @@ class TestPostgres(StorageConformance):
     def url(self, postgres_store_url: str) -> str:
         return postgres_store_url
 
-    def tamper(
-        self,
-        storage: Storage,
-        run_id: str,
-        timestamp: int,
-        part: Part,
-        mutate: Callable[[bytes], bytes],
-    ) -> None:
+    # The back doors: the savepoint's manifest column and its packs' chunk rows, through
+    # one connection of their own per test (byte-by-byte damage writes thousands of times).
+
+    @pytest.fixture(autouse=True)
+    def _close_back_door(self) -> Iterator[None]:
+        yield
+        door = self.__dict__.pop("_door", None)
+        if door is not None:
+            door.close()
+
+    def _door_sql(
+        self, storage: Storage, template: str, params: list[Any]
+    ) -> list[tuple[Any, ...]]:
         assert isinstance(storage, PostgresStorage)
-        t = Tables(storage.schema)
-        with _admin(storage) as conn, conn.transaction():
-            row = conn.execute(
-                t.sql(
-                    """SELECT s.run_key, s.manifest, s.refs
-                    FROM {savepoints} s JOIN {runs} r ON r.run_key = s.run_key
-                    WHERE r.run_id = %s AND s.ts = %s"""
-                ),
+        if "_door" not in self.__dict__:
+            self._door = _admin(storage)
+        rows = self._door.execute(Tables(storage.schema).sql(template), params)
+        return rows.fetchall() if rows.description else []
+
+    def raw_parts(self, storage: Storage, run_id: str, timestamp: int) -> list[str]:
+        ((refs,),) = self._door_sql(
+            storage,
+            "SELECT s.refs FROM {savepoints} s JOIN {runs} r USING (run_key) "
+            "WHERE r.run_id = %s AND s.ts = %s",
+            [run_id, timestamp],
+        )
+        return [MANIFEST, *(PACK_PREFIX + name for name in refs)]
+
+    def raw_read(self, storage: Storage, run_id: str, timestamp: int, part: str) -> bytes:
+        if part == MANIFEST:
+            ((data,),) = self._door_sql(
+                storage,
+                "SELECT s.manifest FROM {savepoints} s JOIN {runs} r USING (run_key) "
+                "WHERE r.run_id = %s AND s.ts = %s",
                 [run_id, timestamp],
-            ).fetchone()
-            assert row is not None
-            run_key, manifest, refs = row
-            if part == "manifest":
-                conn.execute(
-                    t.sql("UPDATE {savepoints} SET manifest = %s WHERE run_key = %s AND ts = %s"),
-                    [mutate(bytes(manifest)), run_key, timestamp],
-                )
-                return
-            for name in refs:
-                chunks = conn.execute(
-                    t.sql(
-                        "SELECT data FROM {blobs} WHERE run_key = %s AND name = %s ORDER BY chunk"
-                    ),
-                    [run_key, name],
-                ).fetchall()
-                blob = b"".join(bytes(data) for (data,) in chunks)
-                conn.execute(
-                    t.sql("DELETE FROM {blobs} WHERE run_key = %s AND name = %s"), [run_key, name]
-                )
-                conn.execute(
-                    t.sql(
-                        "INSERT INTO {blobs} (run_key, name, chunk, data) VALUES (%s, %s, 0, %s)"
-                    ),
-                    [run_key, name, mutate(blob)],
-                )
+            )
+            return bytes(data)
+        rows = self._door_sql(
+            storage,
+            "SELECT b.data FROM {blobs} b JOIN {runs} r USING (run_key) "
+            "WHERE r.run_id = %s AND b.name = %s ORDER BY b.chunk",
+            [run_id, part.removeprefix(PACK_PREFIX)],
+        )
+        assert rows, f"no stored {part} of savepoint {timestamp}"
+        return b"".join(bytes(data) for (data,) in rows)
+
+    def raw_write(
+        self, storage: Storage, run_id: str, timestamp: int, part: str, data: bytes
+    ) -> None:
+        key = "(SELECT run_key FROM {runs} WHERE run_id = %s)"
+        if part == MANIFEST:
+            changed = self._door_sql(
+                storage,
+                f"UPDATE {{savepoints}} SET manifest = %s WHERE ts = %s AND run_key = {key} "
+                "RETURNING ts",
+                [data, timestamp, run_id],
+            )
+            assert changed, f"no stored manifest of savepoint {timestamp}"
+            return
+        name = part.removeprefix(PACK_PREFIX)
+        with self._door.transaction():  # one chunk holding the whole blob
+            self._door_sql(
+                storage,
+                f"DELETE FROM {{blobs}} WHERE name = %s AND run_key = {key}",
+                [name, run_id],
+            )
+            self._door_sql(
+                storage,
+                f"INSERT INTO {{blobs}} (run_key, name, chunk, data) SELECT {key}, %s, 0, %s",
+                [run_id, name, data],
+            )
 
 
 # ==================================================================== helpers
@@ -227,7 +254,7 @@ def _finish(child: subprocess.Popen[str]) -> str:
 def _save_worker(url: str, run_id: str, plan: tuple[int, int, int, int]) -> Any:
     """A child saving ``count`` savepoints from ``first`` by ``step``, pruning to ``keep``."""
     args = [str(number) for number in plan]  # first, step, count, keep
-    return _spawn("-m", "statestore.testing._worker", "save", url, run_id, *args)
+    return _spawn("-m", "statestore.testing.worker", "save", url, run_id, *args)
 
 
 def _assert_whole(storage: Storage, run_id: str, latest: int) -> None:

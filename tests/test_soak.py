@@ -39,7 +39,7 @@ from statestore import (
     Storage,
     open_storage,
 )
-from statestore.testing._worker import payload, wholeness_problem
+from statestore.testing.worker import payload, wholeness_problem
 
 SECONDS = float(os.environ.get("STATESTORE_SOAK_SECONDS", "20"))
 PROCESSES = 4

@@ -20,9 +20,9 @@ import pytest
 from statestore.errors import BackendError, ConfigError, CorruptSavepointError, StaleWriterError
 from statestore.storage import Storage, open_storage
 from statestore.storage._sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteStorage
-from statestore.testing import StorageConformance
-from statestore.testing._worker import payload, wholeness_problem
-from statestore.testing.conformance import Part
+from statestore.testing import FullDiskTests, StorageConformance
+from statestore.testing.hooks import MANIFEST, PACK_PREFIX
+from statestore.testing.worker import payload, wholeness_problem
 
 
 def _raw(path: str | Path) -> apsw.Connection:
@@ -43,39 +43,60 @@ def _one(conn: apsw.Connection, query: str, params: tuple[Any, ...] = ()) -> Any
     return value
 
 
-class TestSQLite(StorageConformance):
+class TestSQLite(FullDiskTests, StorageConformance):
+    file_too_large_reason = "I/O error"  # SQLite reports EFBIG as a disk I/O error
+
     @pytest.fixture
     def url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/store.db"
 
-    def tamper(
-        self,
-        storage: Storage,
-        run_id: str,
-        timestamp: int,
-        part: Part,
-        mutate: Callable[[bytes], bytes],
+    def url_in(self, directory: Path) -> str:
+        return f"sqlite:///{directory}/store.db"
+
+    def check_integrity(self, url: str) -> None:
+        with contextlib.closing(_raw(Path(url.removeprefix("sqlite:///")))) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+    # The back doors: the savepoint's manifest column and its packs' rows, through a
+    # connection of their own.
+
+    def raw_parts(self, storage: Storage, run_id: str, timestamp: int) -> list[str]:
+        assert isinstance(storage, SQLiteStorage)
+        with contextlib.closing(_raw(storage.path)) as conn:
+            names = conn.execute(
+                "SELECT f.name FROM savepoint_refs f JOIN runs r ON r.id = f.run "
+                "WHERE r.run_id = ? AND f.ts = ? ORDER BY f.name",
+                (run_id, timestamp),
+            ).fetchall()
+        return [MANIFEST, *(f"{PACK_PREFIX}{name}" for (name,) in names)]
+
+    def raw_read(self, storage: Storage, run_id: str, timestamp: int, part: str) -> bytes:
+        assert isinstance(storage, SQLiteStorage)
+        with contextlib.closing(_raw(storage.path)) as conn:
+            run = _one(conn, "SELECT id FROM runs WHERE run_id = ?", (run_id,))
+            if part == MANIFEST:
+                query = "SELECT manifest FROM savepoints WHERE run = ? AND ts = ?"
+                return bytes(_one(conn, query, (run, timestamp)))
+            query = "SELECT data FROM blobs WHERE run = ? AND name = ?"
+            return bytes(_one(conn, query, (run, part.removeprefix(PACK_PREFIX))))
+
+    def raw_write(
+        self, storage: Storage, run_id: str, timestamp: int, part: str, data: bytes
     ) -> None:
         assert isinstance(storage, SQLiteStorage)
         with contextlib.closing(_raw(storage.path)) as conn:
             run = _one(conn, "SELECT id FROM runs WHERE run_id = ?", (run_id,))
-            if part == "manifest":
-                query = "SELECT manifest FROM savepoints WHERE run = ? AND ts = ?"
-                old = _one(conn, query, (run, timestamp))
+            if part == MANIFEST:
                 conn.execute(
                     "UPDATE savepoints SET manifest = ? WHERE run = ? AND ts = ?",
-                    (mutate(old), run, timestamp),
+                    (data, run, timestamp),
                 )
-                return
-            names = conn.execute(
-                "SELECT name FROM savepoint_refs WHERE run = ? AND ts = ?", (run, timestamp)
-            ).fetchall()
-            assert names, "the savepoint refers to no pack"
-            for (name,) in names:
-                old = _one(conn, "SELECT data FROM blobs WHERE run = ? AND name = ?", (run, name))
+            else:
                 conn.execute(
-                    "UPDATE blobs SET data = ? WHERE run = ? AND name = ?", (mutate(old), run, name)
+                    "UPDATE blobs SET data = ? WHERE run = ? AND name = ?",
+                    (data, run, part.removeprefix(PACK_PREFIX)),
                 )
+            assert conn.changes() == 1, f"no stored {part} of savepoint {timestamp}"
 
 
 @pytest.fixture
@@ -291,7 +312,7 @@ def test_savepoints_survive_close_and_reopen(db_path: Path) -> None:
 _SAVE_FOREVER = """
 import sys
 from statestore.storage._sqlite import SQLiteStorage
-from statestore.testing._worker import payload
+from statestore.testing.worker import payload
 storage = SQLiteStorage(sys.argv[1])
 storage.init_storage("run")
 ts = 0
@@ -523,7 +544,7 @@ def test_compact_shrinks_the_file_after_deletes(storage: SQLiteStorage, db_path:
 def test_two_processes_replacing_the_same_savepoints(db_path: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{db_path}"
     SQLiteStorage(db_path).close()
-    command = [sys.executable, "-m", "statestore.testing._worker", "save", url, "shared"]
+    command = [sys.executable, "-m", "statestore.testing.worker", "save", url, "shared"]
     children = [
         subprocess.Popen([*command, "1", "1", "15", "0"], stdout=subprocess.PIPE, text=True)
         for _ in range(2)

@@ -25,7 +25,7 @@ from cli_support import run_cli
 
 from statestore.errors import BackendError
 from statestore.storage._sqlite import SQLiteStorage
-from statestore.testing._worker import payload, wholeness_problem
+from statestore.testing.worker import payload, wholeness_problem
 
 RUN = "run"
 

@@ -19,6 +19,7 @@ backend and how the conformance kit checks it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -90,6 +91,27 @@ class SavepointParts(NamedTuple):
     timestamp: int
     manifest: bytes
     blobs: dict[str, bytes]
+
+
+#: The causes of an OSError a user can act on, named plainly in a BackendError.
+_PLAIN_OS_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "I/O error",
+    errno.EFBIG: "file too large",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """A driver error in a few words: a full disk or a read-only store said plainly."""
+    if isinstance(exc, OSError) and exc.errno in _PLAIN_OS_ERRORS:
+        code = errno.errorcode[exc.errno]
+        path = f" ({exc.filename})" if exc.filename else ""
+        return f"{_PLAIN_OS_ERRORS[exc.errno]} ({code}){path}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -493,8 +515,9 @@ class Storage(ABC):
             raise BackendError(f"{where}{self._describe_failure(exc)}") from None
 
     def _describe_failure(self, exc: BaseException) -> str:
-        """One line about a driver error; backends override to redact secrets."""
-        return f"{type(self).__name__} failed: {type(exc).__name__}: {exc}"
+        """One line about a driver error; backends override to name their store or to
+        redact secrets."""
+        return f"{type(self).__name__} failed: {describe_error(exc)}"
 
     @staticmethod
     def _stale(run_id: str, writer_token: int, current: int) -> StaleWriterError:

@@ -48,7 +48,7 @@ import msgpack
 
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError, CorruptSavepointError
-from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage, describe_error
 from .layout import SavepointRecord
 
 __all__ = ["FileStorage", "run_dir_name"]
@@ -77,16 +77,6 @@ _RUN_DIR_NAME = re.compile(r"(?:[a-z0-9_]{1,24}-)?[0-9a-f]{40}")
 _FRAME = struct.Struct(">4sBQI")  # magic, version, body length, CRC-32 of the body
 _FRAME_MAGIC = b"SSSV"
 _FRAME_VERSION = 1
-
-_PLAIN_ERRORS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.EIO: "I/O error",
-    errno.EFBIG: "file too large",
-}
 
 
 def run_dir_name(run_id: str) -> str:
@@ -706,9 +696,4 @@ class FileStorage(Storage):
 
     def _describe_failure(self, exc: BaseException) -> str:
         """Name the common causes plainly: a full disk, a read-only store, permissions."""
-        where = f"file store {self.directory}"
-        if isinstance(exc, OSError) and exc.errno in _PLAIN_ERRORS:
-            code = errno.errorcode[exc.errno]
-            path = f" ({exc.filename})" if exc.filename else ""
-            return f"{where}: {_PLAIN_ERRORS[exc.errno]} ({code}){path}"
-        return f"{where}: {type(exc).__name__}: {exc}"
+        return f"file store {self.directory}: {describe_error(exc)}"

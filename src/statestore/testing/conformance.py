@@ -1,32 +1,32 @@
 """The conformance suite: every rule of the storage contract, as one pytest base class.
 
 Written once against the public API, run by every backend (memory, SQLite, files,
-PostgreSQL, and yours) by subclassing :class:`StorageConformance`. The back door
-:meth:`StorageConformance.tamper` lets the suite damage stored bytes to check that reads
-verify them. Multi-process tests start children with ``python -m
-statestore.testing._worker URL ...``, so a third-party backend must be reachable by URL
-in a fresh interpreter (an entry point in ``statestore.backends``).
+PostgreSQL, and yours) by subclassing :class:`StorageConformance`, which also brings the
+fault tests of :mod:`statestore.testing.faults`. The hooks a backend's class fills in
+(``url``, the raw back doors, the opener) are those of
+:class:`~statestore.testing.hooks.BackendHooks`; :meth:`~BackendHooks.tamper`, derived
+from the back doors, lets the suite damage stored bytes to check that reads verify them.
+Multi-process tests start children with ``python -m statestore.testing.worker --opener
+MOD:FUNC ...``: the opener is imported by name, so a backend needs no entry point.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..codecs import Codec, PickleCodec
+from ..codecs import PickleCodec
 from ..errors import (
     ConfigError,
     CorruptSavepointError,
@@ -36,9 +36,9 @@ from ..errors import (
     RunNotInitializedError,
     StaleWriterError,
 )
-from ..storage import Savepoint, SavepointInfo, Storage, open_storage
+from ..storage import Savepoint, SavepointInfo, Storage
 from ..storage.layout import MAX_SAVEPOINT_BYTES
-from ._worker import cap_address_space, payload, read_each, wholeness_problem
+from .faults import CrashTests, DamageTests
 from .forgery import (
     FORGERIES,
     bomb_frame,
@@ -48,6 +48,7 @@ from .forgery import (
     manifest_fields,
     reseal,
 )
+from .hooks import BackendHooks, Part
 from .stateful import check_against_model
 from .strategies import (
     AWKWARD_RUN_IDS,
@@ -63,10 +64,9 @@ from .strategies import (
     exact_difference,
     timestamps,
 )
+from .worker import cap_address_space, payload, read_each, wholeness_problem
 
-__all__ = ["Part", "StorageConformance"]
-
-Part = Literal["manifest", "pack"]
+__all__ = ["InProcessConformance", "Part", "StorageConformance"]
 
 # Damage done through the back door; every one must read as CorruptSavepointError.
 # (Bytes 0-8 of a manifest are its magic, version and CRC: the body starts after them.)
@@ -123,52 +123,11 @@ def _refuses(call: Callable[[], object], error: type[Exception], label: str) -> 
     pytest.fail(f"{label}: accepted the input, expected {error.__name__}")
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "statestore.testing._worker", *args]
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _finish(child: subprocess.Popen[str]) -> str:
-    stdout, stderr = child.communicate(timeout=120)
-    assert child.returncode == 0, f"worker {child.args!r} failed:\n{stderr}"
-    return stdout
-
-
-class InProcessConformance:
+class InProcessConformance(DamageTests, BackendHooks):
     """Every rule a store must keep within one process; see :class:`StorageConformance`.
 
     Subclass this directly only for a store that processes cannot share (``memory://``).
     """
-
-    #: Whether data survives closing every handle and reopening the URL.
-    persistent: ClassVar[bool] = True
-
-    @pytest.fixture
-    def url(self) -> str:
-        raise NotImplementedError("a backend's test class provides the url fixture")
-
-    def tamper(
-        self,
-        storage: Storage,
-        run_id: str,
-        timestamp: int,
-        part: Part,
-        mutate: Callable[[bytes], bytes],
-    ) -> None:
-        """Back door: replace the stored bytes of one savepoint's manifest or pack with
-        ``mutate(old_bytes)``, bypassing every check of the library."""
-        raise NotImplementedError
-
-    def open(self, url: str, codec: Codec | None = None) -> Storage:
-        """Open a handle on the store; override to pass backend options."""
-        return open_storage(url, codec=codec)
-
-    @pytest.fixture
-    def storage(self, url: str) -> Iterator[Storage]:
-        with self.open(url) as storage:
-            yield storage
 
     @pytest.fixture
     def populated(self, storage: Storage) -> Storage:
@@ -289,14 +248,16 @@ class InProcessConformance:
         for run_id in ["unknown", "initialized"]:
             if run_id == "initialized":
                 storage.init_storage(run_id)
-            with pytest.raises(NoSavepointError, match=run_id):
+            # A LookupError too: ``except LookupError`` around a read catches "none yet".
+            with pytest.raises(LookupError, match=run_id) as latest:
                 storage.get_latest_savepoint(run_id)
-            with pytest.raises(NoSavepointError, match=run_id):
+            with pytest.raises(LookupError, match=run_id) as latest_ts:
                 storage.get_latest_savepoint_timestamp(run_id)
-            with pytest.raises(NoSavepointError, match=run_id):
+            with pytest.raises(LookupError, match=run_id) as one:
                 storage.get_savepoint(run_id, 60_000)
+            for raised in (latest, latest_ts, one):
+                assert isinstance(raised.value, NoSavepointError), raised.value
             assert storage.list_savepoints(run_id) == []
-        assert issubclass(NoSavepointError, LookupError)
 
     def test_get_savepoint_at_missing_timestamp_raises(self, populated: Storage) -> None:
         with pytest.raises(NoSavepointError):
@@ -704,7 +665,7 @@ class InProcessConformance:
         self, url: str, storage: Storage, run_id: str, limit: int, timestamps: list[int]
     ) -> list[str]:
         """Read the savepoints in a child process whose address space is capped; a line
-        of :func:`~statestore.testing._worker.read_each` per savepoint.
+        of :func:`~statestore.testing.worker.read_each` per savepoint.
 
         This store lives in one process: the child is forked with the handle open.
         """
@@ -794,9 +755,22 @@ class InProcessConformance:
     def test_close_and_context_manager(self, url: str) -> None:
         handle = self.open(url)
         with handle as entered:
-            assert entered is handle
+            assert entered is handle  # ``with open(...) as s`` gives the handle itself
             entered.init_storage("run")
+            entered.save_savepoint("run", 60_000, [("a", 1)])
         handle.close()  # closing twice is harmless
+
+        def fail_inside() -> None:
+            with self.open(url) as failing:
+                failing.save_savepoint("run", 120_000, [("a", 2)])
+                raise RuntimeError("raised inside the with block")
+
+        with pytest.raises(RuntimeError, match="inside"):  # propagates, not swallowed
+            fail_inside()
+        with self.open(url) as reopened:  # what the closed handles saved is stored
+            assert reopened.list_runs() == ["run"]
+            assert reopened.get_latest_savepoint("run") == (120_000, [("a", 2)])
+            assert reopened.get_savepoint("run", 60_000) == (60_000, [("a", 1)])
 
     def test_two_handles_see_one_store(self, url: str, storage: Storage) -> None:
         with self.open(url) as other:
@@ -906,11 +880,13 @@ class InProcessConformance:
         check_against_model(lambda: self.open(url), reopen=self.persistent)
 
 
-class StorageConformance(InProcessConformance):
-    """The whole suite: subclass per backend; provide ``url`` and the ``tamper`` back door.
+class StorageConformance(CrashTests, InProcessConformance):
+    """The whole suite, fault tests included: subclass it per backend.
 
-    ``url`` names a fresh, empty store for each test; the suite opens it with
-    :meth:`open` (several times when it needs several handles or processes on one store).
+    Provide ``url`` (a fresh, empty store for each test) and the three raw back doors
+    of :class:`~statestore.testing.hooks.BackendHooks`; name an :attr:`opener` when the
+    backend is not registered by URL. The suite opens ``url`` with :meth:`open`, several
+    times when it needs several handles, and in child processes through the opener.
     """
 
     def _read_capped(
@@ -918,19 +894,19 @@ class StorageConformance(InProcessConformance):
     ) -> list[str]:
         """As the in-process suite's, but in a fresh interpreter that opens ``url``."""
         args = ["read", url, run_id, str(limit), *map(str, timestamps)]
-        return _finish(_spawn(*args)).splitlines()
+        return self.finish(self.spawn(*args)).splitlines()
 
     def test_processes_share_one_store(self, url: str, storage: Storage) -> None:
         writers, saves = 3, 10
         # Three writers interleave timestamps in one run, pruning it; a fourth has its own.
         plans = [("shared", i + 1, writers, 3) for i in range(writers)] + [("own", 1, 1, 0)]
         children = [
-            _spawn("save", url, run_id, str(first), str(step), str(saves), str(keep))
+            self.spawn("save", url, run_id, str(first), str(step), str(saves), str(keep))
             for run_id, first, step, keep in plans
         ]
         for child, (_, first, step, _) in zip(children, plans, strict=True):
             acks = [f"ACK {first + k * step}" for k in range(saves)]
-            assert _finish(child).splitlines() == acks
+            assert self.finish(child).splitlines() == acks
         self._assert_whole(storage, "shared", writers * saves)
         self._assert_whole(storage, "own", saves)
         assert len(storage.list_savepoints("own")) == saves
@@ -938,7 +914,7 @@ class StorageConformance(InProcessConformance):
     def test_writer_token_fences_other_processes(self, url: str, storage: Storage) -> None:
         storage.init_storage("run")
         mine = storage.acquire_writer("run")
-        theirs = int(_finish(_spawn("acquire", url, "run")))
+        theirs = int(self.finish(self.spawn("acquire", url, "run")))
         assert theirs > mine
         with pytest.raises(StaleWriterError):
             storage.save_savepoint("run", 60_000, [("a", 1)], writer_token=mine)
