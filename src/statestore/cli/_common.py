@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import urllib.parse
 from collections.abc import Callable
 
-from ..errors import ConfigError
-from ..storage import Storage, open_storage, redact_url
+from ..storage import Storage, missing_store, open_storage, redact_url
 from .output import Output
 
 __all__ = [
@@ -103,30 +101,7 @@ def open_store(url: str, *, create: bool = False) -> Storage:
     directory is an error instead of a new, empty store (a typo must not look like "no runs").
     """
     if not create:
-        missing = _missing_local_store(url)
+        missing = missing_store(url)
         if missing is not None:
             raise CliError(f"no store at {redact_url(url)}: {missing} does not exist")
     return open_storage(url)
-
-
-def _missing_local_store(url: str) -> str | None:
-    """The path of a sqlite:// or file:// store that does not exist yet, else None.
-
-    Only a well-formed URL is looked at here; the library judges (and explains) a bad
-    one: without ``://`` it is "not a storage URL" to open_storage, and it must not be
-    taken apart here first (``sqlite:ref.db`` is not the path ``ef.db``).
-    """
-    if not isinstance(url, str) or "://" not in url:
-        return None  # open_storage's own verdict: not a storage URL
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        raise ConfigError(f"not a storage URL: {redact_url(url)!r}") from None
-    scheme = parts.scheme.lower()
-    if scheme == "sqlite" and not parts.netloc and len(parts.path) > 1:
-        path = urllib.parse.unquote(parts.path[1:])  # sqlite:///rel.db, sqlite:////abs.db
-        return None if os.path.exists(path) else path
-    if scheme == "file" and parts.netloc in ("", "localhost") and parts.path.startswith("/"):
-        path = urllib.parse.unquote(parts.path)
-        return None if os.path.isdir(path) else path
-    return None

@@ -38,9 +38,10 @@ from ._functions import (
     save_run_state,
 )
 from ._memory import MemoryStorage
-from ._registry import open_storage, redact_url
+from ._registry import missing_store, open_storage
 from ._sqlite import SQLiteStorage
 from .layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES, SavepointRecord
+from .url import redact_url
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStorage
@@ -71,6 +72,7 @@ __all__ = [
     "init_storage",
     "is_initialized",
     "last_persisted_timestamp",
+    "missing_store",
     "open_storage",
     "redact_url",
     "save_run_state",

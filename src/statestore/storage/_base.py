@@ -549,6 +549,17 @@ class Storage(ABC):
         or one given both in the URL and as a keyword, with ConfigError naming it.
         """
 
+    @classmethod
+    def missing_location(cls, url: str) -> str | None:
+        """Where the local store ``url`` names would be, when nothing is there yet.
+
+        The command line asks before it opens a store for reading, so that a mistyped
+        path is "no store at ..." instead of a new, empty store. ``None`` (the default)
+        when the store exists, when the URL is not well formed (opening it explains
+        why), or when the backend has no local location (a server, memory).
+        """
+        return None
+
     @abstractmethod
     def _create_run(self, run_id: str) -> None:
         """Make storage for the run: afterwards ``_run_exists`` is true and ``_index`` empty.

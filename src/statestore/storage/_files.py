@@ -50,6 +50,7 @@ from ..codecs import Codec
 from ..errors import BackendError, ConfigError, CorruptSavepointError
 from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage, describe_error
 from .layout import SavepointRecord
+from .url import split_store_url
 
 __all__ = ["FileStorage", "run_dir_name"]
 
@@ -288,22 +289,21 @@ class FileStorage(Storage):
         """``file:///absolute/dir`` (percent-escapes decoded); takes no options."""
         if options:
             raise ConfigError(f"file:// takes no options, got {sorted(options)}")
-        parts = urllib.parse.urlsplit(url)
-        path = urllib.parse.unquote(parts.path)
-        if (
-            parts.scheme.lower() != "file"
-            or parts.netloc not in ("", "localhost")
-            or parts.query
-            or parts.fragment
-            or not path.startswith("/")
-            or not path.strip("/")
-            or "\x00" in path
-        ):
+        path = _directory(url)
+        if path is None:
             raise ConfigError(
                 f"bad file store URL {url!r}: expected file:///absolute/dir "
                 "(three slashes, then an absolute path to a directory)"
             )
         return cls(path, codec=codec)
+
+    @classmethod
+    def missing_location(cls, url: str) -> str | None:
+        with contextlib.suppress(ConfigError):
+            path = _directory(url)
+            if path is not None and not os.path.isdir(path):
+                return path
+        return None
 
     def __repr__(self) -> str:
         return f"FileStorage({self.directory!r})"
@@ -697,3 +697,20 @@ class FileStorage(Storage):
     def _describe_failure(self, exc: BaseException) -> str:
         """Name the common causes plainly: a full disk, a read-only store, permissions."""
         return f"file store {self.directory}: {describe_error(exc)}"
+
+
+def _directory(url: str) -> str | None:
+    """The directory of a ``file:///absolute/dir`` URL; None if malformed."""
+    parts = split_store_url(url)
+    path = urllib.parse.unquote(parts.path)
+    if (
+        parts.scheme.lower() != "file"
+        or parts.netloc not in ("", "localhost")
+        or parts.query
+        or parts.fragment
+        or not path.startswith("/")
+        or not path.strip("/")
+        or "\x00" in path
+    ):
+        return None
+    return path

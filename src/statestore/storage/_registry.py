@@ -10,8 +10,6 @@ like the built-in ones.
 from __future__ import annotations
 
 import importlib
-import re
-import urllib.parse
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -19,8 +17,9 @@ from ..codecs import Codec
 from ..errors import ConfigError
 from ._base import Storage
 from .layout import LIMIT_OPTION, MAX_SAVEPOINT_BYTES
+from .url import redact_url, take_options
 
-__all__ = ["open_storage", "redact_url"]
+__all__ = ["missing_store", "open_storage", "redact_url"]
 
 # scheme -> (module, class, extra to install when the import fails)
 _BACKENDS: dict[str, tuple[str, str, str | None]] = {
@@ -30,40 +29,6 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "postgresql": ("statestore.storage._postgres", "PostgresStorage", "postgres"),
     "postgres": ("statestore.storage._postgres", "PostgresStorage", "postgres"),
 }
-
-# ``scheme://user:password@``, at the start or inside a message (after a blank or quote).
-_PASSWORD = re.compile(
-    r"(?P<head>(?:^|(?<=[\s'\"(]))[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/@]*)(?=@)"
-)
-#: The libpq parameters that hold a secret (a ``passfile`` path is not one).
-SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
-# A query parameter: its value runs to the next ``&`` (libpq takes everything up to it).
-_QUERY_PARAMETER = re.compile(r"(?P<head>[?&](?P<name>[^=&?#\s]*)=)(?P<value>[^&]*)")
-# ``password=...`` of a libpq key=value connection string (quoted or a bare word).
-_KEYWORD_PARAMETER = re.compile(
-    r"(?P<head>(?:^|(?<=\s))(?i:sslpassword|password)\s*=\s*)"
-    r"(?P<value>'(?:[^'\\]|\\.)*'?|[^\s']\S*)"
-)
-
-
-def redact_url(url: str) -> str:
-    """The URL with every secret replaced by ``***``: safe for messages and logs.
-
-    Redacted: the password of ``user:password@``, and the value of every query parameter
-    libpq reads as a secret (``password``, ``sslpassword``, their names percent-escaped
-    or not, as libpq decodes them), also as ``password=...`` in a key=value string.
-    """
-    url = _PASSWORD.sub(r"\g<head>***", url)
-    url = _QUERY_PARAMETER.sub(_redact_parameter, url)
-    return _KEYWORD_PARAMETER.sub(r"\g<head>***", url)
-
-
-def _redact_parameter(match: re.Match[str]) -> str:
-    """A ``name=value`` query parameter, its value hidden when libpq reads it as a secret."""
-    # Compared without case: hiding a value libpq would refuse anyway costs nothing.
-    if urllib.parse.unquote(match.group("name")).lower() in SECRET_PARAMETERS:
-        return match.group("head") + "***"
-    return match.group(0)
 
 
 def open_storage(url: str, codec: Codec | None = None, **options: Any) -> Storage:
@@ -90,10 +55,6 @@ def open_storage(url: str, codec: Codec | None = None, **options: Any) -> Storag
     return storage
 
 
-# ``?max_savepoint_bytes=N`` or ``&max_savepoint_bytes=N``, up to the next parameter.
-_LIMIT_PARAMETER = re.compile(rf"[?&]{LIMIT_OPTION}=(?P<value>[^&#]*)")
-
-
 def _take_savepoint_limit(url: str, options: dict[str, Any]) -> tuple[str, int]:
     """The URL without the ``max_savepoint_bytes`` option every backend shares, and its value.
 
@@ -101,22 +62,33 @@ def _take_savepoint_limit(url: str, options: dict[str, Any]) -> tuple[str, int]:
     keyword (``open_storage(url, max_savepoint_bytes=N)``) or in the query string, which
     is how the command line sets it.
     """
-    value: Any = options.pop(LIMIT_OPTION, None)
-    match = _LIMIT_PARAMETER.search(url)
-    if match is not None:
-        if value is not None:
-            raise ConfigError(f"{LIMIT_OPTION} is given twice, in the URL and as an option")
-        text = match.group("value")
-        value = int(text) if text.isascii() and text.isdigit() else text
-        rest = url[match.end() :]
-        # Keep the query well-formed: "?a=1&limit=2" -> "?a=1", "?limit=2&b=3" -> "?b=3".
-        joiner = match.group(0)[0] if rest.startswith("&") else ""
-        url = url[: match.start()] + (joiner + rest[1:] if joiner else rest)
+    given = {LIMIT_OPTION: options.pop(LIMIT_OPTION)} if LIMIT_OPTION in options else {}
+    url, found = take_options(url, given, names={LIMIT_OPTION})
+    value = found.get(LIMIT_OPTION)
+    if isinstance(value, str) and not given:  # from the query; a keyword must be an int
+        value = int(value) if value.isascii() and value.isdigit() else value
     if value is None:
         return url, MAX_SAVEPOINT_BYTES
     if type(value) is not int or value < 1:
         raise ConfigError(f"{LIMIT_OPTION} must be a whole number of bytes >= 1, not {value!r}")
     return url, value
+
+
+def missing_store(url: str) -> str | None:
+    """Where the local store ``url`` names would be, when nothing is there yet, else None.
+
+    A mistyped path to a store that should exist then reads as "no store at ..." and not
+    as a new, empty store (see :meth:`Storage.missing_location`). A URL that is not well
+    formed is None here: opening it says what is wrong.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        return None
+    try:
+        url, _ = _take_savepoint_limit(url, {})
+        backend = _load_backend(url.split("://", 1)[0].lower(), url)
+    except ConfigError:
+        return None
+    return backend.missing_location(url)
 
 
 def _load_backend(scheme: str, url: str) -> type[Storage]:

@@ -63,6 +63,7 @@ from ..codecs import Codec
 from ..errors import BackendError, ConfigError
 from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage
 from .layout import SavepointRecord
+from .url import split_store_url, take_options
 
 __all__ = ["APPLICATION_ID", "MAX_TIMEOUT", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -214,24 +215,13 @@ class SQLiteStorage(Storage):
         Options come from the query string (``?timeout=5``) or as keywords; an
         unknown, repeated or malformed option is a ConfigError.
         """
-        parts = urllib.parse.urlsplit(url)
-        path = urllib.parse.unquote(parts.path[1:])
-        if parts.scheme.lower() != "sqlite" or parts.netloc or parts.fragment or not path:
+        rest, given = take_options(url, options)
+        path = _database_path(rest)
+        if path is None:
             raise ConfigError(
                 f"bad SQLite URL {url!r}: expected sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db (no host)"
             )
-        try:
-            query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=True)
-        except ValueError:
-            raise ConfigError(
-                f"SQLite URL {url!r}: malformed query (expected ?name=value&...)"
-            ) from None
-        given: dict[str, Any] = {}
-        for key, value in [*query, *options.items()]:
-            if key in given:
-                raise ConfigError(f"SQLite URL {url!r}: option {key!r} given twice")
-            given[key] = value
         unknown = sorted(set(given) - {"timeout"})
         if unknown:
             raise ConfigError(f"SQLite URL {url!r}: unknown option {unknown[0]!r} (known: timeout)")
@@ -244,6 +234,14 @@ class SQLiteStorage(Storage):
                     f"SQLite URL {url!r}: timeout must be a number of seconds, not {timeout!r}"
                 ) from None
         return cls(path, codec=codec, timeout=timeout)
+
+    @classmethod
+    def missing_location(cls, url: str) -> str | None:
+        with contextlib.suppress(ConfigError):
+            path = _database_path(take_options(url, {})[0])
+            if path is not None and not os.path.exists(path):
+                return path
+        return None
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self.path!r})"
@@ -790,3 +788,12 @@ def _fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _database_path(url: str) -> str | None:
+    """The database file of a ``sqlite:///path`` URL without options; None if malformed."""
+    parts = split_store_url(url)
+    path = urllib.parse.unquote(parts.path[1:])
+    if parts.scheme.lower() != "sqlite" or parts.netloc or parts.fragment or not path:
+        return None
+    return path

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...errors import ConfigError
-from .._registry import SECRET_PARAMETERS, redact_url
+from ..url import SECRET_PARAMETERS, redact_url, split_store_url, take_options
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -108,8 +108,8 @@ def settings_from_url(url: str, options: dict[str, Any]) -> Settings:
 
 
 def split_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The URL without statestore's options, and those options (keyword ``options`` win)."""
-    parts = urllib.parse.urlsplit(url)
+    """The URL without statestore's options, and those options (each given once)."""
+    parts = split_store_url(url)
     if parts.scheme.lower() not in ("postgresql", "postgres"):
         raise ConfigError(f"not a PostgreSQL URL: {redact_url(url)!r}")
     unknown = sorted(set(options) - set(OPTION_NAMES))
@@ -118,22 +118,13 @@ def split_url(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             f"unknown PostgreSQL storage options {unknown}; known: {list(OPTION_NAMES)} "
             "(libpq parameters go in the URL query)"
         )
-    ours: dict[str, Any] = {}
-    seen: set[str] = set()
-    passed_on: list[str] = []
-    for item in filter(None, parts.query.split("&")):
-        raw_name, _, raw_value = item.partition("=")
-        name = urllib.parse.unquote(raw_name)  # percent-escapes only: libpq reads + as +
-        if name in seen:
-            raise ConfigError(f"option {name!r} appears twice in {redact_url(url)!r}")
-        seen.add(name)
-        if name in OPTION_NAMES:
-            ours[name] = _from_text(name, urllib.parse.unquote(raw_value))
-        else:
-            passed_on.append(item)  # verbatim: libpq decodes its own parameters
-    ours.update(options)
-    query = "&".join(passed_on)
-    return urllib.parse.urlunsplit(parts._replace(query=query, fragment="")), ours
+    rest, given = take_options(url, options, names=OPTION_NAMES)
+    # A name is in one place only: from the query it is text, to convert.
+    ours = {
+        name: value if name in options else _from_text(name, value) for name, value in given.items()
+    }
+    # The fragment means nothing to libpq: dropped.
+    return urllib.parse.urlunsplit(split_store_url(rest)._replace(fragment="")), ours
 
 
 def check_schema(schema: Any) -> str:
