@@ -41,6 +41,7 @@ from statestore.storage import (
     SavepointRecord,
     Storage,
 )
+from statestore.storage.durable import fsync_directory, write_file_atomically
 
 SCHEME = "dirstore"
 TIMESTAMP_DIGITS = 20  # 2**63 - 1 has 19 digits: names sort as the timestamps do
@@ -97,9 +98,9 @@ class DirStorage(Storage):
             for part in ("savepoints", "blobs"):
                 os.makedirs(os.path.join(staged, part))
             _write_durably(os.path.join(staged, "run_id"), run_id.encode())
-            _fsync_directory(staged)
+            fsync_directory(staged)
             os.rename(staged, run_dir)  # the run appears whole, or not at all
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     def _run_exists(self, run_id: str) -> bool:
         return os.path.isdir(self._run_dir(run_id))
@@ -122,7 +123,7 @@ class DirStorage(Storage):
                 return
             doomed = os.path.join(self.directory, "tmp", secrets.token_hex(8))
             os.rename(run_dir, doomed)  # the run vanishes whole; removing it can wait
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         shutil.rmtree(doomed)
 
     def _take_writer_token(self, run_id: str) -> int:
@@ -217,7 +218,7 @@ class DirStorage(Storage):
                 except FileNotFoundError:
                     continue
             if os.path.isdir(run_dir):
-                _fsync_directory(os.path.join(run_dir, "savepoints"))
+                fsync_directory(os.path.join(run_dir, "savepoints"))
                 self._free_unreferenced_blobs(run_dir)
 
     def _free_unreferenced_blobs(self, run_dir: str) -> None:
@@ -228,7 +229,7 @@ class DirStorage(Storage):
         blobs = os.path.join(run_dir, "blobs")
         for name in set(os.listdir(blobs)) - needed:
             os.remove(os.path.join(blobs, name))
-        _fsync_directory(blobs)
+        fsync_directory(blobs)
 
     def _disk_usage(self) -> int:
         return sum(
@@ -308,21 +309,5 @@ def _is_blob_name(ref: object) -> bool:
 
 
 def _write_durably(path: str, data: bytes) -> None:
-    """Write ``path`` atomically and durably: temp file, fsync, rename, fsync directory."""
-    directory = os.path.dirname(path)
-    temp = os.path.join(directory, f".tmp-{secrets.token_hex(8)}")
-    with open(temp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-    _fsync_directory(directory)
-
-
-def _fsync_directory(path: str) -> None:
-    """Make a rename or removal in ``path`` durable."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    """Write ``path`` so that a crash leaves the old file or the new one, whole."""
+    write_file_atomically(os.path.dirname(path), os.path.basename(path), data)

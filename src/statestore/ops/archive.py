@@ -36,6 +36,7 @@ import zstandard
 
 from ..errors import BackendError, CorruptSavepointError, InvalidArgumentError
 from ..storage import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES, validate
+from ..storage.durable import fsync_directory
 from ._stored import StoredSavepoint
 
 __all__ = ["MAGIC", "VERSION", "ArchiveHeader", "ArchiveReader", "ArchiveWriter"]
@@ -183,11 +184,7 @@ class ArchiveWriter:
             self._file = None
             self._refuse_existing()  # someone may have created it since we began
             os.replace(self._temp, self.path)
-            directory = os.open(os.path.dirname(self.path), os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_directory(os.path.dirname(self.path))
 
     def abort(self) -> None:
         """Drop the temporary file; the target is untouched (a stream is left open)."""

@@ -40,7 +40,6 @@ import stat
 import struct
 import time
 import urllib.parse
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -49,6 +48,7 @@ import msgpack
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError, CorruptSavepointError
 from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage, describe_error
+from .durable import TEMP_PREFIX, fsync_directory, versioned_crc, write_file_atomically
 from .layout import SavepointRecord
 from .url import split_store_url
 
@@ -61,7 +61,6 @@ WRITER_FILE = "writer-token"
 LOCK_FILE = "lock"
 PACKS_DIR = "packs"
 SAVEPOINTS_DIR = "savepoints"
-TEMP_PREFIX = ".tmp-"
 MARKER_FILE = ".statestore"
 _MARKER_MAGIC = "statestore file store"
 _MARKER_FORMAT = 1
@@ -118,13 +117,8 @@ def encode_savepoint_file(timestamp: int, content: SavepointFile) -> bytes:
         },
         use_bin_type=True,
     )
-    crc = _frame_crc(_FRAME_VERSION, body)
+    crc = versioned_crc(_FRAME_VERSION, body)
     return _FRAME.pack(_FRAME_MAGIC, _FRAME_VERSION, len(body), crc) + body
-
-
-def _frame_crc(version: int, body: bytes | memoryview) -> int:
-    """Covers the version byte too, so damage there reads as corruption, not a newer format."""
-    return zlib.crc32(body, zlib.crc32(bytes([version])))
 
 
 def decode_savepoint_file(run_id: str, timestamp: int, data: bytes) -> SavepointFile:
@@ -143,7 +137,7 @@ def decode_savepoint_file(run_id: str, timestamp: int, data: bytes) -> Savepoint
     body = memoryview(data)[_FRAME.size :]
     if len(body) != length:
         raise corrupt(f"is torn ({len(body)} of {length} bytes)")
-    if _frame_crc(version, body) != crc:
+    if versioned_crc(version, body) != crc:
         raise corrupt("fails its checksum")
     if version > _FRAME_VERSION:
         raise ConfigError(
@@ -217,33 +211,6 @@ def _own_dir(path: str, whose: str) -> str:
     return path
 
 
-def _fsync_dir(path: str) -> None:
-    """Make renames and unlinks in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(directory: str, name: str, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``directory/name`` atomically and durably: temp file, fsync, rename."""
-    temp = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}")
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        with open(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(fd)
-        os.replace(temp, os.path.join(directory, name))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    if sync_dir:
-        _fsync_dir(directory)
-
-
 def _remove_tree(path: str) -> None:
     """Remove a directory tree; gone already (another process cleaned it) is fine.
 
@@ -273,13 +240,13 @@ class FileStorage(Storage):
         with self._boundary():
             if not os.path.isdir(self.directory):
                 os.makedirs(self.directory, exist_ok=True)
-                _fsync_dir(os.path.dirname(self.directory))  # the new store's entry, durable
+                fsync_directory(os.path.dirname(self.directory))  # the new store's entry, durable
             has_marker = self._recognise()
             if not self._writable():
                 self.capabilities = dataclasses.replace(self.capabilities, read_only=True)
                 return  # a read-only open reads, and never cleans anything up
             if not has_marker:
-                _write_file(self.directory, MARKER_FILE, _MARKER)
+                write_file_atomically(self.directory, MARKER_FILE, _MARKER)
         # A crashed drop or create left something behind: best effort.
         with contextlib.suppress(OSError):
             self._clean_housekeeping()
@@ -474,19 +441,21 @@ class FileStorage(Storage):
         building = os.path.join(staging, secrets.token_hex(8))
         os.mkdir(building, 0o755)
         try:
-            _write_file(building, RUN_ID_FILE, run_id.encode("utf-8"), sync_dir=False)
-            _write_file(building, WRITER_FILE, b"0\n", sync_dir=False)
-            _write_file(building, LOCK_FILE, b"", sync_dir=False)
+            write_file_atomically(
+                building, RUN_ID_FILE, run_id.encode("utf-8"), sync_directory=False
+            )
+            write_file_atomically(building, WRITER_FILE, b"0\n", sync_directory=False)
+            write_file_atomically(building, LOCK_FILE, b"", sync_directory=False)
             os.mkdir(os.path.join(building, PACKS_DIR), 0o755)
             os.mkdir(os.path.join(building, SAVEPOINTS_DIR), 0o755)
-            _fsync_dir(building)
+            fsync_directory(building)
             try:
                 os.rename(building, final)
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 return  # another process created the run first: theirs stands
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
         finally:
             shutil.rmtree(building, ignore_errors=True)  # still there only if not renamed
 
@@ -522,7 +491,7 @@ class FileStorage(Storage):
             trash = _own_dir(os.path.join(self.directory, TRASH_DIR), f"run {run_id!r}")
             doomed = os.path.join(trash, f"{os.path.basename(run_dir)}-{secrets.token_hex(8)}")
             os.rename(run_dir, doomed)  # the run is gone at once, whatever happens next
-            _fsync_dir(self.directory)
+            fsync_directory(self.directory)
         # Outside the lock: a failure here leaves trash that the next open or compact clears.
         shutil.rmtree(doomed, ignore_errors=True)
 
@@ -531,7 +500,7 @@ class FileStorage(Storage):
             if run_dir is None:
                 raise self._not_initialized(run_id)
             token = self._read_token(run_id, run_dir) + 1
-            _write_file(run_dir, WRITER_FILE, f"{token}\n".encode())
+            write_file_atomically(run_dir, WRITER_FILE, f"{token}\n".encode())
             return token
 
     def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
@@ -550,15 +519,17 @@ class FileStorage(Storage):
                 if name not in record.blobs and not self._is_pack(packs_dir, name):
                     raise MissingBlobsError(run_id)
             for name, blob in record.blobs.items():
-                _write_file(packs_dir, name, blob, sync_dir=False)
+                write_file_atomically(packs_dir, name, blob, sync_directory=False)
             if record.blobs:
-                _fsync_dir(packs_dir)  # packs durable before a savepoint names them
+                fsync_directory(packs_dir)  # packs durable before a savepoint names them
             savepoints_dir = os.path.join(run_dir, SAVEPOINTS_DIR)
             file_name = savepoint_file_name(record.timestamp)
             replacing = os.path.lexists(os.path.join(savepoints_dir, file_name))
             content = SavepointFile(record.manifest, record.refs, record.entity_count, record.size)
             # The rename inside is the commit point: before it, the old state stands.
-            _write_file(savepoints_dir, file_name, encode_savepoint_file(record.timestamp, content))
+            write_file_atomically(
+                savepoints_dir, file_name, encode_savepoint_file(record.timestamp, content)
+            )
             if replacing:
                 self._collect(run_id, run_dir)
 
@@ -631,7 +602,7 @@ class FileStorage(Storage):
             for timestamp in timestamps:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(savepoints_dir, savepoint_file_name(timestamp)))
-            _fsync_dir(savepoints_dir)
+            fsync_directory(savepoints_dir)
             self._collect(run_id, run_dir)
 
     def _collect(self, run_id: str, run_dir: str) -> None:
@@ -657,7 +628,7 @@ class FileStorage(Storage):
         for name in os.listdir(packs_dir):
             if name not in needed:
                 os.unlink(os.path.join(packs_dir, name))
-        _fsync_dir(packs_dir)
+        fsync_directory(packs_dir)
 
     def _compact(self) -> None:
         self._clean_housekeeping()

@@ -62,6 +62,7 @@ import apsw
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError
 from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from .durable import fsync_directory
 from .layout import SavepointRecord
 from .url import split_store_url, take_options
 
@@ -272,7 +273,7 @@ class SQLiteStorage(Storage):
                 raise ConfigError(f"{self.path} is not a SQLite database") from None
             raise
         if created:  # the new file's directory entry must survive a power loss too
-            _fsync_directory(directory)
+            fsync_directory(directory)
 
     def _open_read_only(self) -> None:
         """Serve reads from a file this process cannot write."""
@@ -780,14 +781,6 @@ def _check_timeout(timeout: Any) -> float:
             f"(SQLite's limit, about 24.8 days), not {timeout!r}"
         )
     return float(timeout)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _database_path(url: str) -> str | None:

@@ -47,6 +47,7 @@ import zstandard
 
 from ..codecs import Codec, SafeCodec
 from ..errors import ConfigError, CorruptSavepointError, EncodeError
+from .durable import versioned_crc
 
 FORMAT_VERSION = 1
 PACK_MAGIC = b"SSPK"
@@ -56,12 +57,6 @@ PACK_HEADER = PACK_MAGIC + bytes([FORMAT_VERSION])
 _MANIFEST_HEADER = struct.Struct(">4sBI")  # magic, version, crc32 of version + body
 #: The bytes of a manifest before its MessagePack body.
 MANIFEST_HEADER_SIZE = _MANIFEST_HEADER.size
-
-
-def _manifest_crc(version: int, body: bytes | memoryview) -> int:
-    """The checksum covers the version byte too: damage there is corruption, not a
-    "newer format" (every future version keeps this header)."""
-    return zlib.crc32(body, zlib.crc32(bytes([version])))
 
 
 #: States whose encoding is longer than this are zstd-compressed (smaller ones gain little).
@@ -322,7 +317,7 @@ def build_record(
 
 def seal_manifest(body: bytes, version: int = FORMAT_VERSION) -> bytes:
     """A manifest body with its header: magic, version and the checksum over both."""
-    return _MANIFEST_HEADER.pack(MANIFEST_MAGIC, version, _manifest_crc(version, body)) + body
+    return _MANIFEST_HEADER.pack(MANIFEST_MAGIC, version, versioned_crc(version, body)) + body
 
 
 def _corrupt(run_id: str, timestamp: int, why: str) -> CorruptSavepointError:
@@ -345,7 +340,7 @@ def decode_manifest(
     if magic != MANIFEST_MAGIC:
         raise _corrupt(run_id, timestamp, "manifest has a bad header")
     body = memoryview(data)[_MANIFEST_HEADER.size :]
-    if _manifest_crc(version, body) != crc:
+    if versioned_crc(version, body) != crc:
         raise _corrupt(run_id, timestamp, "manifest checksum mismatch")
     if version > FORMAT_VERSION:
         raise ConfigError(
