@@ -194,7 +194,7 @@ class DirStorage(Storage):
                     continue  # damage: the base reports the missing blob
             return SavepointParts(timestamp, manifest, blobs)
 
-    def _index(self, run_id: str) -> list[SavepointInfo]:
+    def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         run_dir = self._run_dir(run_id)
         rows = []
         for timestamp in _timestamps(run_dir):

@@ -180,8 +180,8 @@ def test_a_listing_that_reads_never_confirm_ends_in_a_backend_error() -> None:
     # A backend (or a damaged store) that lists a savepoint its reads cannot find: the
     # summary lists again a bounded number of times, then says so; no RecursionError.
     class ListsAPhantom(MemoryStorage):
-        def _index(self, run_id: str) -> list[SavepointInfo]:
-            return [*super()._index(run_id), SavepointInfo(99_000, 1, 1)]
+        def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
+            return [*super()._list_savepoints(run_id), SavepointInfo(99_000, 1, 1)]
 
     with ListsAPhantom() as storage:
         storage.init_storage("run")

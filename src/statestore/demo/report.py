@@ -26,25 +26,7 @@ def report_dict(result: DemoResult) -> dict[str, Any]:
     stream = result.options.stream
     savepoints = result.savepoints
     latencies = result.persist_ms
-    crash = resume = None
-    if result.second is not None:
-        first, second = result.first, result.second
-        killed_at = first.killed_at or 0
-        crash = {
-            "signal": "SIGKILL",
-            "exit_code": first.exit_code,
-            "killed_at_event": killed_at,
-            "latest_savepoint_after_kill": result.latest_after_kill,
-        }
-        resume = {
-            "resumed": second.resumed,
-            "from_timestamp": second.timestamp,
-            "from_event": second.first_position,
-            "events_replayed": stream.events - second.first_position,
-            "events_since_savepoint": max(0, killed_at - second.first_position),
-            "start_ms": round(second.start_ms, 3),
-            "restart_ms": round(second.ready_ms, 3),
-        }
+    crash, resume = _crash_and_resume(result)
     return {
         "match": result.match,
         "stream": {
@@ -84,6 +66,30 @@ def report_dict(result: DemoResult) -> dict[str, Any]:
     }
 
 
+def _crash_and_resume(result: DemoResult) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The report's crash and resume sections; both None when the run was not killed."""
+    if result.second is None:
+        return None, None
+    first, second = result.first, result.second
+    killed_at = first.killed_at or 0
+    crash = {
+        "signal": "SIGKILL",
+        "exit_code": first.exit_code,
+        "killed_at_event": killed_at,
+        "latest_savepoint_after_kill": result.latest_after_kill,
+    }
+    resume = {
+        "resumed": second.resumed,
+        "from_timestamp": second.timestamp,
+        "from_event": second.first_position,
+        "events_replayed": result.options.stream.events - second.first_position,
+        "events_since_savepoint": max(0, killed_at - second.first_position),
+        "start_ms": round(second.start_ms, 3),
+        "restart_ms": round(second.ready_ms, 3),
+    }
+    return crash, resume
+
+
 def report_text(result: DemoResult) -> str:
     """The report for people: what ran, the crash, the resume, the figures, the verdict."""
     data = report_dict(result)
@@ -95,33 +101,7 @@ def report_text(result: DemoResult) -> str:
         _row("store", f"{store['url']}{temporary}"),
         _row("run", f"{store['run_id']}: a savepoint every minute of event time"),
     ]
-    crash, resume = data["crash"], data["resume"]
-    if crash is None or resume is None:
-        lines.append(_row("crash", "none (--no-crash)"))
-    else:
-        after = crash["latest_savepoint_after_kill"]
-        how = "resumed from" if resume["resumed"] else "no savepoint yet: started again at"
-        lines += [
-            _row(
-                "crash",
-                f"worker killed with SIGKILL at reading {crash['killed_at_event']:,} "
-                f"of {stream['events']:,}",
-            ),
-            _row(
-                "resume",
-                f"new worker {how} {_when(resume['from_timestamp'])} in "
-                f"{resume['start_ms']:.0f} ms ({resume['restart_ms']:.0f} ms after launch)",
-            ),
-            _row(
-                "replay",
-                f"{resume['events_replayed']:,} readings, "
-                f"{resume['events_since_savepoint']:,} of them done before the crash",
-            ),
-        ]
-        if after != resume["from_timestamp"]:  # resuming skipped a damaged savepoint
-            lines.append(
-                _row("after crash", f"latest savepoint {_when(after) if after else 'none'}")
-            )
+    lines += _crash_lines(data)
     file_size = f", {_bytes(store['file_bytes'])} on disk" if store["file_bytes"] else ""
     digests = data["digests"]
     verdict = (
@@ -147,6 +127,35 @@ def report_text(result: DemoResult) -> str:
         _row("result", verdict),
     ]
     return "\n".join(lines)
+
+
+def _crash_lines(data: dict[str, Any]) -> list[str]:
+    """The text report's crash, resume and replay rows."""
+    stream, crash, resume = data["stream"], data["crash"], data["resume"]
+    if crash is None or resume is None:
+        return [_row("crash", "none (--no-crash)")]
+    after = crash["latest_savepoint_after_kill"]
+    how = "resumed from" if resume["resumed"] else "no savepoint yet: started again at"
+    lines = [
+        _row(
+            "crash",
+            f"worker killed with SIGKILL at reading {crash['killed_at_event']:,} "
+            f"of {stream['events']:,}",
+        ),
+        _row(
+            "resume",
+            f"new worker {how} {_when(resume['from_timestamp'])} in "
+            f"{resume['start_ms']:.0f} ms ({resume['restart_ms']:.0f} ms after launch)",
+        ),
+        _row(
+            "replay",
+            f"{resume['events_replayed']:,} readings, "
+            f"{resume['events_since_savepoint']:,} of them done before the crash",
+        ),
+    ]
+    if after != resume["from_timestamp"]:  # resuming skipped a damaged savepoint
+        lines.append(_row("after crash", f"latest savepoint {_when(after) if after else 'none'}"))
+    return lines
 
 
 def _row(label: str, text: str) -> str:

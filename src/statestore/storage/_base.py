@@ -9,7 +9,7 @@ shared conformance suite (:mod:`statestore.testing`) checks it.
 A backend implements ``from_url`` and nine primitives, each documented below where it
 is declared (the section "primitives" of :class:`Storage`): ``_create_run``,
 ``_run_exists``, ``_list_run_ids``, ``_drop_run``, ``_take_writer_token``, ``_commit``,
-``_read_savepoint``, ``_index`` and ``_delete_savepoints``; ``_close`` and ``_compact``
+``_read_savepoint``, ``_list_savepoints`` and ``_delete_savepoints``; ``_close`` and ``_compact``
 are optional. It stores named, immutable blobs and one manifest per savepoint, and
 never interprets either: what a savepoint refers to is ``record.refs``, kept beside
 the manifest to know which blobs are still needed. docs/backends.md shows a whole
@@ -38,7 +38,7 @@ from ..errors import (
     StateStoreError,
 )
 from . import layout, validate
-from .layout import RunIndex, SavepointRecord
+from .layout import ReuseBase, SavepointRecord
 
 __all__ = [
     "Capabilities",
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: How many runs' previous savepoints one storage object remembers for incremental saves.
-INDEX_CACHE_RUNS = 64
+REUSE_CACHE_RUNS = 64
 
 
 class MissingBlobsError(Exception):
@@ -193,8 +193,8 @@ class Storage(ABC):
         self._close_lock = threading.Lock()
         # The previous savepoint of recently written or loaded runs, by entity: what
         # makes the next save incremental. Insertion-ordered; oldest evicted first.
-        self._run_index: dict[str, RunIndex] = {}
-        self._run_index_lock = threading.Lock()
+        self._reuse_bases: dict[str, ReuseBase] = {}
+        self._reuse_bases_lock = threading.Lock()
 
     # ---------------------------------------------------------------- the contract
 
@@ -282,7 +282,7 @@ class Storage(ABC):
         writer_token: int | None,
     ) -> None:
         layout.check_savepoint_size(run_id, timestamp, encoded, self.max_savepoint_bytes)
-        base = self._cached_index(run_id)
+        base = self._reuse_base(run_id)
         record, index = layout.build_record(run_id, timestamp, self.codec, ids, encoded, base=base)
         try:
             with self._boundary(run_id, timestamp):
@@ -293,24 +293,24 @@ class Storage(ABC):
                     record, index = layout.build_record(run_id, timestamp, self.codec, ids, encoded)
                     self._commit(run_id, record, writer_token)
         except BaseException:
-            self._forget_index(run_id)
+            self._forget_base(run_id)
             raise
-        self._remember_index(run_id, index)
+        self._remember_base(run_id, index)
 
-    def _cached_index(self, run_id: str) -> RunIndex | None:
-        with self._run_index_lock:
-            return self._run_index.get(run_id)
+    def _reuse_base(self, run_id: str) -> ReuseBase | None:
+        with self._reuse_bases_lock:
+            return self._reuse_bases.get(run_id)
 
-    def _remember_index(self, run_id: str, index: RunIndex) -> None:
-        with self._run_index_lock:
-            self._run_index.pop(run_id, None)
-            self._run_index[run_id] = index
-            while len(self._run_index) > INDEX_CACHE_RUNS:
-                del self._run_index[next(iter(self._run_index))]
+    def _remember_base(self, run_id: str, index: ReuseBase) -> None:
+        with self._reuse_bases_lock:
+            self._reuse_bases.pop(run_id, None)
+            self._reuse_bases[run_id] = index
+            while len(self._reuse_bases) > REUSE_CACHE_RUNS:
+                del self._reuse_bases[next(iter(self._reuse_bases))]
 
-    def _forget_index(self, run_id: str) -> None:
-        with self._run_index_lock:
-            self._run_index.pop(run_id, None)
+    def _forget_base(self, run_id: str) -> None:
+        with self._reuse_bases_lock:
+            self._reuse_bases.pop(run_id, None)
 
     def get_latest_savepoint(self, run_id: str) -> Savepoint:
         """The savepoint with the highest timestamp; ``NoSavepointError`` when none."""
@@ -321,7 +321,7 @@ class Storage(ABC):
         """The highest savepoint timestamp of the run, without reading any state."""
         run_id = validate.run_id(run_id)
         with self._boundary(run_id):
-            rows = self._index(run_id)
+            rows = self._list_savepoints(run_id)
         if not rows:
             raise NoSavepointError(f"run {run_id!r} has no savepoint")
         return rows[-1].timestamp
@@ -335,7 +335,7 @@ class Storage(ABC):
         """Every savepoint of the run, ascending by timestamp (empty for an unknown run)."""
         run_id = validate.run_id(run_id)
         with self._boundary(run_id):
-            return list(self._index(run_id))
+            return list(self._list_savepoints(run_id))
 
     def read_encoded_savepoint(self, run_id: str, timestamp: int | None = None) -> EncodedSavepoint:
         """A savepoint's states as the codec wrote them, every checksum verified, none decoded.
@@ -422,7 +422,7 @@ class Storage(ABC):
         run_id = validate.run_id(run_id)
         keep_n = validate.keep_n(keep_n)
         with self._boundary(run_id):
-            rows = self._index(run_id)
+            rows = self._list_savepoints(run_id)
             doomed = rows[: max(len(rows) - keep_n, 0)]
             if doomed:
                 self._delete_savepoints(run_id, [row.timestamp for row in doomed])
@@ -430,7 +430,7 @@ class Storage(ABC):
     def delete_run(self, run_id: str) -> None:
         """Delete everything of the run; unknown runs are ignored."""
         run_id = validate.run_id(run_id)
-        self._forget_index(run_id)
+        self._forget_base(run_id)
         with self._boundary(run_id):
             self._drop_run(run_id)
 
@@ -498,7 +498,7 @@ class Storage(ABC):
         codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
         entities, index = layout.decode_states(run_id, manifest, packs, codec)
         if timestamp is None:  # a resumed run saves next: base that save on what it loaded
-            self._remember_index(run_id, index)
+            self._remember_base(run_id, index)
         return Savepoint(manifest.timestamp, entities)
 
     @contextlib.contextmanager
@@ -562,7 +562,7 @@ class Storage(ABC):
 
     @abstractmethod
     def _create_run(self, run_id: str) -> None:
-        """Make storage for the run: afterwards ``_run_exists`` is true and ``_index`` empty.
+        """Make storage for the run: then ``_run_exists`` is true, ``_list_savepoints`` empty.
 
         Idempotent: a run that exists is left as it is. Atomic: a crash leaves the run
         either absent or complete, never half-made.
@@ -598,7 +598,7 @@ class Storage(ABC):
 
         Store ``record.blobs`` (new, uniquely named, immutable) and ``record.manifest``
         at ``record.timestamp`` with its ``record.refs`` (every blob it needs, new ones
-        and earlier ones) and its ``entity_count`` and ``size`` for ``_index``. A
+        and earlier ones) and its ``entity_count`` and ``size`` for ``_list_savepoints``. A
         savepoint already at that timestamp is replaced, and blobs only it referred to
         are freed. Inside the same step:
 
@@ -631,7 +631,7 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def _index(self, run_id: str) -> list[SavepointInfo]:
+    def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         """Every savepoint of the run as ``SavepointInfo``, ascending by timestamp.
 
         Reads no manifest or blob. A savepoint whose stored metadata is damaged is still

@@ -572,7 +572,7 @@ class FileStorage(Storage):
             packs = self._read_packs(run_dir, found.refs) if with_blobs else {}
         return SavepointParts(timestamp, found.manifest, packs)
 
-    def _index(self, run_id: str) -> list[SavepointInfo]:
+    def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         with self._locked(run_id, exclusive=False) as run_dir:
             if run_dir is None:
                 return []

@@ -130,7 +130,7 @@ class MemoryStorage(Storage):
             blobs = {name: run.blobs[name] for name in names if name in run.blobs}
             return SavepointParts(timestamp, saved.manifest, blobs)
 
-    def _index(self, run_id: str) -> list[SavepointInfo]:
+    def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         with self._store.lock:
             run = self._store.runs.get(run_id)
             if run is None:

@@ -128,7 +128,7 @@ _CONNECTION_PRAGMAS = (
     f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}",
 )
 
-_RUN_KEY = "SELECT id, writer_token FROM runs WHERE run_id = ?"
+_SELECT_RUN = "SELECT id, writer_token FROM runs WHERE run_id = ?"
 #: A savepoints row the library could have written: others are edits past it.
 _WHOLE_TS = "typeof(s.ts) = 'integer' AND s.ts >= 0"
 #: The files of WAL mode beside the database, which must not vanish under a connection.
@@ -550,7 +550,7 @@ class SQLiteStorage(Storage):
             conn.execute("INSERT OR IGNORE INTO runs (run_id) VALUES (?)", (run_id,))
 
     def _run_exists(self, run_id: str) -> bool:
-        return bool(self._query(_RUN_KEY, (run_id,)))
+        return bool(self._query(_SELECT_RUN, (run_id,)))
 
     def _list_run_ids(self) -> list[str]:
         return [run_id for (run_id,) in self._query("SELECT run_id FROM runs")]
@@ -561,7 +561,7 @@ class SQLiteStorage(Storage):
 
     def _take_writer_token(self, run_id: str) -> int:
         with self._write() as conn:
-            found = conn.execute(_RUN_KEY, (run_id,)).fetchone()
+            found = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
             if found is None:
                 raise self._not_initialized(run_id)
             # One counter for the whole file: a run deleted and created again never
@@ -573,7 +573,7 @@ class SQLiteStorage(Storage):
 
     def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         with self._write() as conn:
-            found = conn.execute(_RUN_KEY, (run_id,)).fetchone()
+            found = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
             if found is None:
                 raise self._not_initialized(run_id)
             run, token = found
@@ -630,7 +630,7 @@ class SQLiteStorage(Storage):
                 blobs = {str(name): _as_bytes(data) for name, data in rows}
         return SavepointParts(int(ts), _as_bytes(manifest), blobs)
 
-    def _index(self, run_id: str) -> list[SavepointInfo]:
+    def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         # A row with a damaged ts has no timestamp to list it under; a damaged count or
         # size is only a figure: the row stays listed, to be verified, skipped, pruned.
         rows = self._query(
@@ -646,7 +646,7 @@ class SQLiteStorage(Storage):
 
     def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None:
         with self._write() as conn:
-            found = conn.execute(_RUN_KEY, (run_id,)).fetchone()
+            found = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
             if found is None:
                 return
             run = found[0]

@@ -17,7 +17,7 @@ A savepoint is stored as two kinds of blob, written by every backend alike:
 **Incremental savepoints.** Because the manifest addresses states by pack and offset,
 a savepoint points at the unchanged states an earlier savepoint wrote and packs only
 the states that changed (compared byte for byte with the run's previous savepoint,
-see :class:`RunIndex`). Backends know nothing of this: they store named, immutable
+see :class:`ReuseBase`). Backends know nothing of this: they store named, immutable
 blobs and free the ones no remaining manifest refers to. To keep loading one bounded
 read, the live states of the sparsest packs are copied forward into the new pack
 whenever the packs a savepoint refers to would hold more than twice its live bytes.
@@ -111,7 +111,7 @@ class Manifest:
 
 
 @dataclass(frozen=True)
-class RunIndex:
+class ReuseBase:
     """A savepoint of a run by entity, in columns: the base of the run's next save.
 
     Row ``position[entity_id]`` says where the entity's state is stored (pack name,
@@ -194,7 +194,7 @@ def check_savepoint_size(run_id: str, timestamp: int, encoded: Sequence[bytes], 
         )
 
 
-def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: RunIndex) -> list[int]:
+def _reusable(ids: Sequence[str], encoded: Sequence[bytes], base: ReuseBase) -> list[int]:
     """For each state, its row in ``base`` when it is reused there, else -1.
 
     A state is reusable when its bytes equal the base's. Then, so that loading reads at
@@ -234,8 +234,8 @@ def build_record(
     ids: Sequence[str],
     encoded: Sequence[bytes],
     *,
-    base: RunIndex | None = None,
-) -> tuple[SavepointRecord, RunIndex]:
+    base: ReuseBase | None = None,
+) -> tuple[SavepointRecord, ReuseBase]:
     """Lay states out as a manifest plus one new pack holding the states not in ``base``.
 
     Returns the record to commit and the run index it leaves behind (the base of the
@@ -309,7 +309,7 @@ def build_record(
     )
     position = {entity_id: i for i, entity_id in enumerate(ids)}
     raws: list[bytes | memoryview] = list(encoded)
-    index = RunIndex(
+    index = ReuseBase(
         timestamp, position, raws, packs, offsets, lengths, flags, pack_sizes, pack_crcs
     )
     return record, index
@@ -459,7 +459,7 @@ def codec_for(codec_name: str, configured: Codec, run_id: str, timestamp: int) -
     )
 
 
-def extract_states(run_id: str, manifest: Manifest, packs: Mapping[str, bytes]) -> RunIndex:
+def extract_states(run_id: str, manifest: Manifest, packs: Mapping[str, bytes]) -> ReuseBase:
     """Verify every pack of the manifest and cut out each state as stored, not decoded.
 
     Each state's ``raws`` entry is what the codec wrote (a view into its pack, copied
@@ -509,7 +509,7 @@ def extract_states(run_id: str, manifest: Manifest, packs: Mapping[str, bytes]) 
         entity_id = manifest.ids[len(raws)] if len(raws) < len(manifest.ids) else "?"
         why = f"entity {entity_id!r} cannot be read ({type(exc).__name__}: {exc})"
         raise _corrupt(run_id, timestamp, why) from None
-    return RunIndex(
+    return ReuseBase(
         timestamp,
         {entity_id: i for i, entity_id in enumerate(manifest.ids)},
         raws,
@@ -535,7 +535,7 @@ def decode_state(
 
 def decode_states(
     run_id: str, manifest: Manifest, packs: Mapping[str, bytes], codec: Codec
-) -> tuple[list[tuple[str, object]], RunIndex]:
+) -> tuple[list[tuple[str, object]], ReuseBase]:
     """Verify and decode every state of the manifest, in save order, with its run index."""
     index = extract_states(run_id, manifest, packs)
     decode = codec.decode

@@ -464,7 +464,7 @@ class PostgresStorage(Storage):
             return None
         return SavepointParts(found[0], found[1], _assemble(chunks))
 
-    def _index(self, run_id: str) -> list[SavepointInfo]:
+    def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         rows = self._read(lambda conn: conn.execute(self._queries.index, [run_id]).fetchall())
         return [SavepointInfo(int(ts), int(count), int(size)) for ts, count, size in rows]
 
