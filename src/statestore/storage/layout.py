@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import msgpack
 import zstandard
 
+from .. import collector
 from ..codecs import Codec, SafeCodec
 from ..errors import ConfigError, CorruptSavepointError, EncodeError
 from .durable import versioned_crc
@@ -540,7 +541,8 @@ def decode_states(
     index = extract_states(run_id, manifest, packs)
     decode = codec.decode
     try:
-        states = [decode(raw) for raw in index.raws]
+        with collector.paused():  # plain data makes no cycles; see statestore.collector
+            states = [decode(raw) for raw in index.raws]
     except Exception:  # name the entity that does not decode (the slow path, once)
         for entity_id, raw in zip(manifest.ids, index.raws, strict=True):
             decode_state(run_id, manifest.timestamp, entity_id, codec, raw)
