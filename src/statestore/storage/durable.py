@@ -33,16 +33,15 @@ def write_file_atomically(
     name: str,
     data: bytes,
     *,
-    temp_prefix: str = TEMP_PREFIX,
     sync_directory: bool = True,
 ) -> None:
     """Write ``directory/name`` so that a crash leaves the old file or the new, whole.
 
-    The temporary file is named ``temp_prefix`` + random hex, so a store can recognise
-    (and sweep) what a crash left. ``sync_directory=False`` leaves the final directory
+    The temporary file is named :data:`TEMP_PREFIX` + random hex, so a store can
+    recognise (and sweep) what a crash left. ``sync_directory=False`` leaves the final directory
     fsync to a caller that renames several files and syncs once.
     """
-    temp = os.path.join(directory, f"{temp_prefix}{secrets.token_hex(8)}")
+    temp = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         with open(fd, "wb") as file:

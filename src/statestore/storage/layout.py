@@ -541,7 +541,7 @@ def decode_states(
     index = extract_states(run_id, manifest, packs)
     decode = codec.decode
     try:
-        with collector.paused():  # plain data makes no cycles; see statestore.collector
+        with collector.paused():  # the result is live, not garbage: see statestore.collector
             states = [decode(raw) for raw in index.raws]
     except Exception:  # name the entity that does not decode (the slow path, once)
         for entity_id, raw in zip(manifest.ids, index.raws, strict=True):

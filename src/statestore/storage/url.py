@@ -90,7 +90,7 @@ def take_options(
         raw_name, equals, raw_value = item.partition("=")
         name = urllib.parse.unquote(raw_name)
         if name in seen:
-            raise twice(url, name)
+            raise _twice(url, name)
         seen.add(name)
         if names is not None and name not in names:
             passed_on.append(item)  # verbatim: its reader decodes it its own way
@@ -103,13 +103,13 @@ def take_options(
             found[name] = urllib.parse.unquote(raw_value)
     for name, value in keywords.items():
         if name in found:
-            raise twice(url, name)
+            raise _twice(url, name)
         found[name] = value
     kept = "&".join(passed_on)
     return base + ("?" + kept if kept else "") + hash_sign + fragment, found
 
 
-def twice(url: str, name: str) -> ConfigError:
+def _twice(url: str, name: str) -> ConfigError:
     """The one error for an option given twice, wherever the two came from."""
     return ConfigError(
         f"storage URL {redact_url(url)!r}: option {name!r} is given twice "
