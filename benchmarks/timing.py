@@ -9,12 +9,11 @@ so drift that spans a round cancels out.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,26 +51,14 @@ def settle() -> None:
     """Collect garbage, then exempt every live object from later collections.
 
     Each timed call starts from a clean heap, so no subject pays for another's garbage,
-    and freezing keeps that collection cheap even with millions of entity states alive
-    (the workload's data). :func:`release` undoes it.
+    and freezing keeps the harness's own data (millions of entity states, built once for
+    every subject) out of the collections a timed call triggers. The collector stays on
+    during the call, as users run: what a subject allocates is collected as usual, and
+    a subject that pauses the collector (statestore, the floor) pays for that choice
+    itself. :func:`release` undoes the freeze.
     """
     gc.collect()
     gc.freeze()
-
-
-@contextlib.contextmanager
-def _no_collection() -> Iterator[None]:
-    """The collector off during a timed call, as ``timeit`` does.
-
-    With the workload's data frozen, the collector would otherwise run full collections
-    over the growing result of a large load again and again: a cost of this harness,
-    not of the subject.
-    """
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def release() -> None:
@@ -83,10 +70,9 @@ def release() -> None:
 def clock(action: Callable[[], Any]) -> float:
     """Seconds ``action()`` takes, from a settled heap (see :func:`settle`)."""
     settle()
-    with _no_collection():
-        start = time.perf_counter()
-        action()
-        return time.perf_counter() - start
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
 
 
 def measure(
@@ -106,10 +92,9 @@ def measure(
         shift = round_number % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
             settle()
-            with _no_collection():
-                start = time.perf_counter()
-                result = action(subjects[name], item)
-                series.times[name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            result = action(subjects[name], item)
+            series.times[name].append(time.perf_counter() - start)
             if check is not None:
                 check(name, result)
             del result
@@ -144,8 +129,7 @@ def traced(action: Callable[[], Any], check: Callable[[Any], None] | None = None
     try:
         before = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        with _no_collection():
-            result = action()
+        result = action()
         after, peak = tracemalloc.get_traced_memory()
         if check is not None:
             check(result)

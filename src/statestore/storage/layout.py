@@ -538,13 +538,14 @@ def decode_states(
     run_id: str, manifest: Manifest, packs: Mapping[str, bytes], codec: Codec
 ) -> tuple[list[tuple[str, object]], ReuseBase]:
     """Verify and decode every state of the manifest, in save order, with its run index."""
-    index = extract_states(run_id, manifest, packs)
-    decode = codec.decode
-    try:
-        with collector.paused():  # the result is live, not garbage: see statestore.collector
+    # Everything built here is the live result, not garbage: see statestore.collector.
+    with collector.paused():
+        index = extract_states(run_id, manifest, packs)
+        decode = codec.decode
+        try:
             states = [decode(raw) for raw in index.raws]
-    except Exception:  # name the entity that does not decode (the slow path, once)
-        for entity_id, raw in zip(manifest.ids, index.raws, strict=True):
-            decode_state(run_id, manifest.timestamp, entity_id, codec, raw)
-        raise
-    return list(zip(manifest.ids, states, strict=True)), index
+        except Exception:  # name the entity that does not decode (the slow path, once)
+            for entity_id, raw in zip(manifest.ids, index.raws, strict=True):
+                decode_state(run_id, manifest.timestamp, entity_id, codec, raw)
+            raise
+        return list(zip(manifest.ids, states, strict=True)), index
