@@ -183,6 +183,9 @@ SUBJECTS: dict[str, str] = {
     "statestore-memory": "benchmarks.subjects:StatestoreMemory",
     "langgraph-sqlite": "benchmarks.peers:LangGraphSQLite",
     "langgraph-postgresql": "benchmarks.peers:LangGraphPostgres",
+    "langgraph-sqlite-one-channel": "benchmarks.peers:LangGraphSQLiteOneChannel",
+    "langgraph-postgresql-one-channel": "benchmarks.peers:LangGraphPostgresOneChannel",
+    "msgpack-sqlite": "benchmarks.peers:MsgpackSQLite",
     "pickle-sqlite": "benchmarks.peers:PickleSQLite",
     "floor": "benchmarks.floor:Floor",
 }
@@ -196,7 +199,13 @@ _NEEDS: dict[str, tuple[str, str]] = {
     "langgraph-sqlite": ("langgraph.checkpoint.sqlite", "pip install 'statestore[bench]'"),
     "langgraph-postgresql": ("langgraph.checkpoint.postgres", "pip install 'statestore[bench]'"),
 }
-_POSTGRES_SUBJECTS = {"statestore-postgresql", "langgraph-postgresql"}
+_NEEDS["langgraph-sqlite-one-channel"] = _NEEDS["langgraph-sqlite"]
+_NEEDS["langgraph-postgresql-one-channel"] = _NEEDS["langgraph-postgresql"]
+_POSTGRES_SUBJECTS = {
+    "statestore-postgresql",
+    "langgraph-postgresql",
+    "langgraph-postgresql-one-channel",
+}
 
 
 def available_subjects(names: Sequence[str], postgres: bool) -> tuple[list[str], dict[str, str]]:
