@@ -257,7 +257,7 @@ def engine_driver(url: str, run_id: str, writer: str) -> None:
 def _ack(writer: str, entities: dict[str, Any], ts: int) -> str:
     for entity_id in ENTITIES:
         try:
-            entities[entity_id].update_state(ts, engine_state(writer, entity_id, ts))
+            entities[entity_id].update_state(ts - 1, engine_state(writer, entity_id, ts))
             entities[entity_id].ack_processed_time(ts)
         except StateStoreError as exc:
             return f"ERR {entity_id} {type(exc).__name__}: {exc}"

@@ -292,6 +292,7 @@ def test_load_run_state_gives_back_the_states_and_timestamp(url: str) -> None:
     with _open(url) as storage:
         store = StateStore(RUN, MINUTE, storage=storage)
         a, b = store.init_run_state(5_000, [("a", {"n": 0}), ("b", [1, 2])])
+        ack_all([a, b], 70_000)  # before the inputs at 70_000 and later: the right order
         a.update_state(70_000, {"n": 7})
         b.update_state(80_000, [3])
         ack_all([a, b], 125_000)

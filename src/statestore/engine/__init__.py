@@ -26,6 +26,7 @@ The decisions where the seed was silent are in ``docs/engine.md``.
 from __future__ import annotations
 
 from ._entity import Entity
+from ._status import STALL_WARNING_SAVEPOINTS, StoreStatus
 from ._store import StartResult, StateStore
 
-__all__ = ["Entity", "StartResult", "StateStore"]
+__all__ = ["STALL_WARNING_SAVEPOINTS", "Entity", "StartResult", "StateStore", "StoreStatus"]

@@ -67,9 +67,13 @@ def flip(data: bytes, position: int, mask: int = 0xFF) -> bytes:
 
 
 def drive(entities: list[Entity], writer: str, timestamp: int) -> None:
-    """Every entity takes its state at ``timestamp`` and acknowledges it."""
+    """Every entity takes its state at ``timestamp`` and acknowledges it.
+
+    The state comes from an input just before ``timestamp`` (an input at it would come
+    after the acknowledgement, which the engine enforces).
+    """
     for entity in entities:
-        entity.update_state(timestamp, engine_state(writer, entity.id, timestamp))
+        entity.update_state(timestamp - 1, engine_state(writer, entity.id, timestamp))
         entity.ack_processed_time(timestamp)
 
 
@@ -437,10 +441,10 @@ class FullDiskTests(BackendHooks):
                 drive(entities, "A", 1000)
                 filler = fill(disk, leave=64 * 1024)
                 for entity in entities[:-1]:  # savepoint 2000 fills in memory: no write
-                    entity.update_state(2000, big_state("A", entity.id, 2000))
+                    entity.update_state(1999, big_state("A", entity.id, 2000))
                     entity.ack_processed_time(2000)
                 last = entities[-1]
-                last.update_state(2000, big_state("A", last.id, 2000))
+                last.update_state(1999, big_state("A", last.id, 2000))
                 with pytest.raises(BackendError, match=r"savepoint 2000: .*disk is full") as full:
                     last.ack_processed_time(2000)
                 print(full.value)  # shown with -s: the error a user sees
