@@ -59,21 +59,19 @@ def materialize(entity_defs: Iterable[tuple[str, Any]]) -> Any:
 
 
 def warn_if_other_entities(run_id: str, ids: list[str], entities: list[Entity]) -> None:
-    """Warn when a resumed run's entities differ from the definitions the job started with.
+    """Warn when the definitions a job starts with name entities the resumed savepoint lacks.
 
-    No definitions means a job whose entities all come through ``add_entity``: nothing
-    to compare.
+    A resume gives the savepoint's entities, so a definition added to the job since (or
+    an entity removed before the savepoint) is not among them: the job should know, and
+    ``add_entity`` it if it is new. Entities only in the savepoint are what
+    ``add_entity`` makes: nothing to say.
     """
-    if not ids:
-        return
     resumed = {entity.id for entity in entities}
     missing = [entity_id for entity_id in ids if entity_id not in resumed]
-    extra = sorted(resumed - set(ids))
-    if missing or extra:
+    if missing:
         _log.warning(
-            "run %r: resumed entities differ from the definitions given: not in the "
-            "savepoint %s, only in the savepoint %s",
+            "run %r: entities defined at start are not in the savepoint resumed from "
+            "(removed before it, or new definitions: add_entity() those): %s",
             run_id,
             missing,
-            extra,
         )

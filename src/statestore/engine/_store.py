@@ -121,7 +121,7 @@ class StateStore:
 
         Initializing starts at ``timestamp`` with ``entity_defs`` (``[(entity_id,
         initial_state), ...]``). Resuming uses the savepoint's entities and timestamp;
-        ``entity_defs`` only serve to warn when they name other entities. A corrupt
+        ``entity_defs`` only serve to warn when they name entities it lacks. A corrupt
         latest savepoint falls back to the newest intact one, with a warning per skipped
         savepoint (logger ``"statestore"``); ``strict=True`` raises
         :class:`~statestore.errors.CorruptSavepointError` instead.
