@@ -91,9 +91,9 @@ def _run(
             elif kind == "remove":
                 store.remove_entity(key, ts)
             else:
-                entity = next((e for e in store.entities() if e.id == key), None)
-                if entity is not None:  # an input for a key the run does not have: dropped
-                    entity.update_state(ts, _apply(entity.state, ts, value))
+                target = next((e for e in store.entities() if e.id == key), None)
+                if target is not None:  # an input for a key the run does not have: dropped
+                    target.update_state(ts, _apply(target.state, ts, value))
         return {entity.id: entity.state for entity in store.entities()}
 
 
