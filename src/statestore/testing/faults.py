@@ -463,6 +463,33 @@ class FullDiskTests(BackendHooks):
                 assert stamps == [1000, 2000, 3000]
             self.check_integrity(url)
 
+    def test_a_full_disk_fails_the_watermark_leaving_every_entity_as_it_was(
+        self, tmp_path: Path
+    ) -> None:
+        with self.small_disk(tmp_path) as disk:
+            url = self.url_in(disk)
+            with self.open(url) as storage:
+                store = StateStore(FULL_RUN, SCHEDULE, storage=storage, keep_savepoints=3)
+                first = [(e, engine_state("A", e, 0)) for e in ENTITIES]
+                entities = store.init_run_state(0, first)
+                store.ack_processed_time(1000)
+                for entity in entities:
+                    entity.update_state(1999, big_state("A", entity.id, 2000))
+                filler = fill(disk, leave=64 * 1024)
+                before = [(e.timestamp, e.next_savepoint, e.last_savepoint) for e in entities]
+                with pytest.raises(BackendError, match=r"savepoint 2000: .*disk is full"):
+                    store.ack_processed_time(2000)
+                after = [(e.timestamp, e.next_savepoint, e.last_savepoint) for e in entities]
+                assert after == before  # every entity as it was, none half-saved
+                assert [row.timestamp for row in storage.list_savepoints(FULL_RUN)] == [1000]
+                filler.unlink()  # space returns
+                store.ack_processed_time(2000)  # the same call again: persisted now
+                saved = storage.get_latest_savepoint(FULL_RUN)
+                assert saved.timestamp == 2000
+                assert [state["ts"] for _, state in saved.entities] == [2000] * len(ENTITIES)
+                assert [e.next_savepoint for e in entities] == [3000] * len(ENTITIES)
+            self.check_integrity(url)
+
     def test_every_write_on_a_full_disk_is_a_clear_error(self, tmp_path: Path) -> None:
         with self.small_disk(tmp_path) as disk:
             url = self.url_in(disk)
