@@ -59,6 +59,8 @@ class Fills:
         self.reached = done
         # A fill of every member up to one grid point, as one column (see fill_all).
         self._column: tuple[int, list[bytes]] | None = None
+        # Removed members' last savepoints, by id, while those are not all finished.
+        self._pending_left: dict[str, int] = {}
 
     def __contains__(self, entity_id: object) -> bool:
         return isinstance(entity_id, str) and entity_id in self._live
@@ -126,33 +128,49 @@ class Fills:
 
     # ---------------------------------------------------------------- membership
 
+    # Both are O(1) (no pass over the members): a job may add or remove entities by
+    # the hundred thousand, one call each.
+
     def add(self, entity_id: str, joined: int) -> None:
         """A new member, taking part in every savepoint after ``joined`` (>= ``done``)."""
         self._spread_column()
         member = _Member(entity_id, joined)
         self._order.append(member)
+        had_live = bool(self._live)
         self._live[entity_id] = member
         self._ids = None
         self.reached = max(self.reached, joined)
-        self._recount()
+        if not had_live:
+            self._recount()
+        elif joined < self._frontier:
+            self._frontier, self._at_frontier = joined, 1
+        elif joined == self._frontier:
+            self._at_frontier += 1
 
     def remove(self, entity_id: str, left: int) -> None:
-        """The member takes part in no savepoint after ``left``; it must have filled up to it."""
+        """The member takes part in no savepoint after ``left``; it must have filled up to it.
+
+        It stays among the members until every savepoint up to ``left`` is finished.
+        """
         self._spread_column()
         member = self._live.pop(entity_id)
         member.left = left
-        if max(member.filled, self.done) >= left and not member.segments:
-            # Nothing pending holds it (it joined at ``left``, or everything is persisted).
-            self._order.remove(member)
+        if left > self.done:
+            self._pending_left[entity_id] = left
         self._ids = None
-        self._recount()
+        if not self._live:
+            self._recount()
+        elif max(member.filled, self.done) == self._frontier:
+            self._at_frontier -= 1
+            if not self._at_frontier:
+                self._recount()
 
     def left_at(self, entity_id: str) -> int | None:
         """The last savepoint of a removed member of that id still pending, if any."""
-        lefts = [m.left for m in self._order if m.entity_id == entity_id and m.left is not None]
-        return max(lefts, default=None)
+        return self._pending_left.get(entity_id)
 
     def _recount(self) -> None:
+        """The frontier from scratch: O(members), after a change only it can follow."""
         if self._live:
             self._frontier = max(min(m.filled for m in self._live.values()), self.done)
             self._at_frontier = sum(
@@ -204,13 +222,15 @@ class Fills:
             if self._column[0] <= self.done:
                 self._column = None
             return
-        gone = False
+        if len(self._order) != len(self._live):  # removed members: drop the finished ones
+            self._order = [m for m in self._order if m.left is None or m.left > self.done]
+            self._ids = None
+            self._pending_left = {
+                entity_id: left
+                for entity_id, left in self._pending_left.items()
+                if left > self.done
+            }
         for member in self._order:
             segments = member.segments
             while segments and segments[0][0] <= self.done:
                 segments.popleft()
-            if member.left is not None and member.left <= self.done:
-                gone = True
-        if gone:
-            self._order = [m for m in self._order if m.left is None or m.left > self.done]
-            self._ids = None
