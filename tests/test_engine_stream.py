@@ -148,6 +148,11 @@ def test_without_a_schedule_the_watermark_only_moves_time(storage: Storage) -> N
     store.ack_processed_time(10**9)
     entity.update_state(10**9, 1)  # no savepoint to wait for
     assert entity.timestamp == 10**9
+    added = store.add_entity("b", 10**9, 2)
+    store.save("b", 10**10, 3)  # known to the store, saves nothing
+    added.ack_processed_time(10**10)
+    store.remove_entity("a", 10**10)
+    assert [e.id for e in store.entities()] == ["b"]
     assert storage.list_savepoints(RUN) == []
 
 
@@ -353,9 +358,9 @@ def test_removing_the_last_entity_persists_what_it_held_back(storage: Storage) -
     assert stored(storage) == {MINUTE: [("a", 1)]}
     store.add_entity("b", 2 * MINUTE, 2)
     store.ack_processed_time(4 * MINUTE)
-    # 120_000 holds no entity (b joins after it): a resume from it gives none, and
-    # replays the add of b. 60_000 is pruned (three kept).
-    assert stored(storage) == {2 * MINUTE: [], 3 * MINUTE: [("b", 2)], 4 * MINUTE: [("b", 2)]}
+    # 120_000 would hold no entity (b joins after it): it is not written. A resume from
+    # 60_000 replays the removal of a and the add of b, and ends the same.
+    assert stored(storage) == {MINUTE: [("a", 1)], 3 * MINUTE: [("b", 2)], 4 * MINUTE: [("b", 2)]}
     resumed = StateStore(RUN, MINUTE, storage=storage).start(0, [])
     assert [(e.id, e.state) for e in resumed.entities] == [("b", 2)]
 
@@ -425,3 +430,25 @@ def test_threads_drive_their_entities_and_the_watermark_runs_between(storage: St
     assert stored(storage) == {
         m * MINUTE: [(f"e{i}", 5 * m) for i in range(8)] for m in range(1, 6)
     }
+
+
+def test_a_run_without_entities_writes_nothing_until_one_joins(storage: Storage) -> None:
+    store = StateStore(RUN, MINUTE, storage=storage)
+    assert store.start(0, []).entities == []
+    store.ack_processed_time(5 * MINUTE)
+    assert storage.list_savepoints(RUN) == []
+    store.add_entity("a", 5 * MINUTE, "a")
+    store.ack_processed_time(6 * MINUTE)
+    assert stored(storage) == {6 * MINUTE: [("a", "a")]}
+
+
+def test_the_status_shows_a_savepoint_whose_write_failed() -> None:
+    storage = FailingStorage()
+    store = StateStore(RUN, MINUTE, storage=storage)
+    store.init_run_state(0, [("a", 1)])
+    storage.failures = 1
+    with pytest.raises(BackendError):
+        store.ack_processed_time(MINUTE)
+    assert store.status() == StoreStatus(1, ("a",), MINUTE, None)
+    store.ack_processed_time(MINUTE)
+    assert store.status() == StoreStatus(0, (), MINUTE, MINUTE)

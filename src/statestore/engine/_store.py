@@ -420,8 +420,7 @@ class StateStore:
                     )
             # Refuse a state the codec cannot encode now, as init_run_state does.
             self.storage.encode_state(self.run_id, entity_id, state)
-            if self.schedule is not None:
-                fills.add(entity_id, joined)
+            fills.add(entity_id, joined)
             entity = self._entity(entity_id, state, timestamp, None, self._generation)
             self._entities[entity_id] = entity
             return entity
@@ -447,11 +446,12 @@ class StateStore:
                     f"run {self.run_id!r}: cannot remove entity {entity_id!r} at {timestamp}: "
                     f"it has processed time up to {entity.timestamp} already"
                 )
+            left = fills.filled_to(entity_id)  # without a schedule: in no savepoint
             if self.schedule is not None:
                 left = timestamp // self.schedule * self.schedule
                 if left > fills.filled_to(entity_id):
                     fills.fill(entity_id, left, self._encode_all([entity])[0])
-                fills.remove(entity_id, left)
+            fills.remove(entity_id, left)
             del self._entities[entity_id]
             entity.timestamp = timestamp
             self._persist_complete(fills)
@@ -472,9 +472,16 @@ class StateStore:
             fills.finish(complete[max(len(complete) - self.keep_savepoints, 0)] - self.schedule)
             complete = complete[-self.keep_savepoints :]
         for timestamp in complete:
+            states = fills.states_at(timestamp)
+            if not states:
+                # No member (all left before it, the next joins after): nothing to
+                # write. A resume from an older savepoint replays those additions and
+                # removals as well, so it ends the same.
+                fills.finish(timestamp)
+                continue
             try:
                 self.storage.save_encoded_savepoint(
-                    self.run_id, timestamp, fills.states_at(timestamp), writer_token=self._token
+                    self.run_id, timestamp, states, writer_token=self._token
                 )
             except StaleWriterError:
                 self._stale = True
