@@ -65,14 +65,16 @@ def _typed(value: Any) -> Any:
 
 
 def _run(
-    url: str, events: list[tuple[int, str, str, int, bool]], stop_after: int | None
+    url: str, events: list[Event], stop_after: int | None, *, trust: bool
 ) -> dict[str, Any] | None:
     """Run the job on the store at ``url``, resuming if it has savepoints.
 
     Returns the final states, or None when stopped (killed) after ``stop_after`` events.
     """
     with open_storage(url) as storage:
-        store = StateStore(RUN, SCHEDULE, storage=storage, keep_savepoints=2)
+        store = StateStore(
+            RUN, SCHEDULE, storage=storage, keep_savepoints=2, trust_update_state=trust
+        )
         _resumed, since, _entities = store.start(3, [("k0", _initial("k0"))])
         done = 0
         for ts, kind, key, value, by_watermark in events:
@@ -101,21 +103,23 @@ def _run(
 @given(
     steps=EVENTS,
     kills=st.lists(st.integers(0, 40), max_size=3),
+    trust=st.booleans(),
 )
 def test_a_job_killed_and_resumed_anywhere_ends_as_the_uninterrupted_one(
-    steps: list[Event], kills: list[int]
+    steps: list[Event], kills: list[int], trust: bool
 ) -> None:
+    """Both save modes: the job hands every new state to update_state."""
     events = []
     ts = 3
     for step, kind, key, value, by_watermark in steps:
         ts += step
         events.append((ts, kind, key, value, by_watermark))
-    expected = _run(f"memory://replay-{uuid.uuid4().hex}", events, None)
+    expected = _run(f"memory://replay-{uuid.uuid4().hex}", events, None, trust=False)
     assert expected is not None
 
     url = f"memory://replay-{uuid.uuid4().hex}"
     for stop_after in kills:
-        _run(url, events, stop_after)  # killed after that many events of its replay
-    resumed = _run(url, events, None)
+        _run(url, events, stop_after, trust=trust)  # killed after that many events
+    resumed = _run(url, events, None, trust=trust)
     assert resumed is not None
     assert _typed(resumed) == _typed(expected)

@@ -117,13 +117,46 @@ def test_the_watermark_encodes_each_due_state_once_per_call(tmp_path: Any) -> No
     assert all(e.next_savepoint == 11 * MINUTE for e in entities)
 
 
-def test_an_in_place_mutation_is_saved_by_the_default_mode(storage: Storage) -> None:
-    store = StateStore(RUN, MINUTE, storage=storage)
-    (entity,) = store.init_run_state(0, [("a", {"seen": []})])
+@pytest.mark.parametrize("trust", [False, True])
+def test_an_in_place_mutation_is_saved_by_default_and_not_when_trusting_updates(
+    storage: Storage, trust: bool
+) -> None:
+    store = StateStore(RUN, MINUTE, storage=storage, trust_update_state=trust)
+    a, b = store.init_run_state(0, [("a", {"seen": []}), ("b", 0)])
     store.ack_processed_time(MINUTE)
-    entity.state["seen"].append(1)  # changed in place, update_state never called
+    a.state["seen"].append(1)  # changed in place, update_state never called
+    b.update_state(MINUTE + 1, 1)
     store.ack_processed_time(2 * MINUTE)
-    assert stored(storage)[2 * MINUTE] == [("a", {"seen": [1]})]
+    # The default mode encodes every state and sees the change; the trust mode saves
+    # only b, whose update_state was called, as documented: a keeps its last saved state.
+    expected_a = {"seen": []} if trust else {"seen": [1]}
+    assert stored(storage)[2 * MINUTE] == [("a", expected_a), ("b", 1)]
+    a.update_state(2 * MINUTE + 1, a.state)  # the documented way to hand over the change
+    store.ack_processed_time(3 * MINUTE)
+    assert stored(storage)[3 * MINUTE] == [("a", {"seen": [1]}), ("b", 1)]
+
+
+def test_trusting_updates_encodes_only_the_updated_states() -> None:
+    codec = CountingCodec()
+    storage = MemoryStorage(codec=codec)
+    store = StateStore(RUN, MINUTE, storage=storage, trust_update_state=True)
+    entities = store.init_run_state(0, [(f"e{i}", i) for i in range(100)])
+    store.ack_processed_time(MINUTE)
+    for step in range(2, 5):
+        codec.encodes = 0
+        entities[step].update_state(step * MINUTE - 1, -step)
+        store.ack_processed_time(step * MINUTE)
+        assert codec.encodes == 1
+    assert stored(storage)[4 * MINUTE] == [
+        (f"e{i}", -i if i in (2, 3, 4) else i) for i in range(100)
+    ]
+    store.add_entity("new", 4 * MINUTE, "n")
+    store.remove_entity("e0", 4 * MINUTE + 1)
+    codec.encodes = 0
+    store.ack_processed_time(5 * MINUTE)
+    assert codec.encodes == 1  # the added entity only; e0 left after 240_000
+    assert stored(storage)[5 * MINUTE][-1] == ("new", "n")
+    assert stored(storage)[5 * MINUTE][0] == ("e1", 1)
 
 
 def test_the_watermark_after_entities_acknowledged_on_their_own(storage: Storage) -> None:

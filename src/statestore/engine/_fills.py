@@ -100,7 +100,7 @@ class Fills:
 
     def aligned(self) -> bool:
         """Whether every member stands at ``done``: no pending fill, join or removal."""
-        return self.reached <= self.done and len(self._order) == len(self._live)
+        return self.reached <= self.done and not self._pending_left
 
     def fill_all(self, upto: int, data: list[bytes]) -> None:
         """Fill every member up to ``upto``, ``data`` in savepoint order; needs :meth:`aligned`.
@@ -109,6 +109,9 @@ class Fills:
         """
         assert self.aligned()
         assert upto > self.done
+        if len(self._order) != len(self._live):  # members removed at ``done``: gone now
+            self._order = [m for m in self._order if m.left is None]
+            self._ids = None
         assert len(data) == len(self._order)
         if not self._order:
             return
