@@ -69,11 +69,11 @@ def flip(data: bytes, position: int, mask: int = 0xFF) -> bytes:
 def drive(entities: list[Entity], writer: str, timestamp: int) -> None:
     """Every entity takes its state at ``timestamp`` and acknowledges it.
 
-    The state comes from an input just before ``timestamp`` (an input at it would come
-    after the acknowledgement, which the engine enforces).
+    The state comes from an input at the entity's own time, before its next savepoint
+    (an input past it must wait for the acknowledgement, which the engine enforces).
     """
     for entity in entities:
-        entity.update_state(timestamp - 1, engine_state(writer, entity.id, timestamp))
+        entity.update_state(entity.timestamp, engine_state(writer, entity.id, timestamp))
         entity.ack_processed_time(timestamp)
 
 
