@@ -243,3 +243,22 @@ def _v1_states(step: int) -> list[tuple[str, Any]]:
         ("large", {"blob": "x" * 9000, "step": step}),
         ("same", [1, 2, 3]),
     ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xc0\xc0", b"", b"\xd4\x05\x00", b"\x92\x01"],
+    ids=["two values", "no value", "a bad extension", "a short array"],
+)
+def test_encoded_states_that_are_not_one_value_are_refused(storage: Storage, data: bytes) -> None:
+    """A pack decodes in one call: one foreign state must not make its neighbours
+    unreadable, so it is refused before anything is written."""
+    storage.save_savepoint("run", 1, [("a", 1)])
+    good = storage.encode_state("run", "b", {"ok": True})
+    with pytest.raises(InvalidArgumentError, match="entity 'x': encoded state is not a value"):
+        storage.save_encoded_savepoint("run", 2, [("b", good), ("x", data)])
+    with pytest.raises(InvalidArgumentError, match="entity 'x'"):
+        storage.save_encoded_changes("run", 2, [("x", data)])
+    assert [row.timestamp for row in storage.list_savepoints("run")] == [1]
+    storage.save_encoded_savepoint("run", 2, [("b", good), ("c", bytes(good))])  # checked, fine
+    assert storage.get_latest_savepoint("run") == (2, [("b", {"ok": True}), ("c", {"ok": True})])

@@ -271,7 +271,10 @@ class Storage(ABC):
         """Like :meth:`save_savepoint`, with states already encoded by :meth:`encode_state`.
 
         The engine encodes each state once when an entity saves it and reuses the
-        bytes for every savepoint that save fills.
+        bytes for every savepoint that save fills. Bytes that :meth:`encode_state` did
+        not return (from an archive, another store) are checked to be one value this
+        storage's codec decodes, else :class:`~statestore.errors.InvalidArgumentError`
+        and nothing is stored.
         """
         run_id = validate.save_target(run_id, timestamp, writer_token)
         state_version = validate.state_version(state_version)
@@ -338,8 +341,7 @@ class Storage(ABC):
             removed=gone, writer_token=writer_token, state_version=state_version,
         )  # fmt: skip
 
-    @staticmethod
-    def _check_encoded(run_id: str, ids: list[str], encoded: list[Any]) -> None:
+    def _check_encoded(self, run_id: str, ids: list[str], encoded: list[Any]) -> None:
         for entity_id, data in zip(ids, encoded, strict=True):
             if not isinstance(data, bytes):
                 raise InvalidArgumentError(
@@ -347,6 +349,7 @@ class Storage(ABC):
                     f"not {type(data).__name__}"
                 )
             layout.check_state_size(run_id, entity_id, data)
+        layout.check_encoded(self.codec, run_id, ids, encoded)
 
     def _save(
         self,

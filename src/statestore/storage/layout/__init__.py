@@ -90,8 +90,10 @@ from ._read import (
 from ._tables import seal_table
 from ._v1 import ManifestV1
 from ._write import (
+    EncodedState,
     build_changes,
     build_record,
+    check_encoded,
     check_savepoint_size,
     check_state_size,
     encode_state,
@@ -115,12 +117,14 @@ __all__ = [
     "PACK_WRAPPED",
     "PACK_ZSTD",
     "TABLE_MAGIC",
+    "EncodedState",
     "Manifest",
     "ManifestV1",
     "ReuseBase",
     "SavepointRecord",
     "build_changes",
     "build_record",
+    "check_encoded",
     "check_savepoint_size",
     "check_state_size",
     "codec_for",

@@ -9,10 +9,11 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgpack
 import zstandard
 
 from ...codecs import Codec
-from ...errors import EncodeError
+from ...errors import EncodeError, InvalidArgumentError
 from ._format import (
     COMPRESS_THRESHOLD,
     FORMAT_VERSION,
@@ -36,7 +37,17 @@ from ._format import (
 from ._tables import Delta, Packs, Rows, apply, encode_head, encode_table
 
 
-def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> bytes:
+class EncodedState(bytes):
+    """Bytes that this library's codec call produced: one whole value of the codec.
+
+    What :func:`encode_state` returns, so a save of encoded states knows which ones it
+    need not check (:func:`check_encoded`); any other bytes are checked.
+    """
+
+    __slots__ = ()
+
+
+def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> EncodedState:
     """Encode one state, naming the entity and type when the codec refuses it."""
     try:
         data = codec.encode(state)
@@ -46,7 +57,33 @@ def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> by
             f"{type(state).__qualname__} cannot be encoded ({exc})"
         ) from None
     check_state_size(run_id, entity_id, data)
-    return data
+    return EncodedState(data)
+
+
+def check_encoded(codec: Codec, run_id: str, ids: Sequence[str], encoded: Sequence[bytes]) -> None:
+    """Refuse, before anything is written, an encoded state that is not one whole value the
+    codec decodes (bytes from an archive or another store, say).
+
+    A pack decodes in one call, so one bad state would make its neighbours unreadable
+    too. States :func:`encode_state` made are trusted; the others cost one decode each.
+    """
+    native = getattr(codec, "msgpack_native", False)
+    for entity_id, data in zip(ids, encoded, strict=True):
+        if type(data) is EncodedState:
+            continue
+        try:
+            if native:  # a trailing second value would shift every later state of the pack
+                unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+                unpacker.feed(data)
+                unpacker.skip()
+                if unpacker.tell() != len(data):
+                    raise ValueError("bytes follow its value")
+            codec.decode(data)
+        except Exception as exc:  # a decoder may raise anything on foreign bytes
+            raise InvalidArgumentError(
+                f"run {run_id!r}: entity {entity_id!r}: encoded state is not a value of "
+                f"codec {codec.name!r} ({type(exc).__name__}: {exc}); nothing was stored"
+            ) from None
 
 
 def check_state_size(run_id: str, entity_id: str, data: bytes) -> None:
