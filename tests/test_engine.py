@@ -78,11 +78,16 @@ class RecordingStorage(MemoryStorage):
         encoded_entities: Iterable[tuple[str, bytes]],
         *,
         writer_token: int | None = None,
+        state_version: int = 1,
     ) -> None:
         with self._notes:
             self.written.append(timestamp)
         super().save_encoded_savepoint(
-            run_id, timestamp, encoded_entities, writer_token=writer_token
+            run_id,
+            timestamp,
+            encoded_entities,
+            writer_token=writer_token,
+            state_version=state_version,
         )
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-import zlib
 from typing import Any
 
-import msgpack
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +18,13 @@ from statestore import StateStore, StateStoreError, open_storage, ops
 from statestore.codecs import SafeCodec
 from statestore.errors import BackendError, ConfigError, CorruptSavepointError
 from statestore.storage import MemoryStorage, SavepointInfo, Storage, layout
-from statestore.testing.forgery import FORGERIES, manifest_fields, reseal
+from statestore.testing.forgery import (
+    FORGERIES,
+    crafted_savepoint,
+    forged_parts,
+    manifest_fields,
+    savepoint_fields,
+)
 from statestore.testing.worker import payload
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -39,7 +43,7 @@ def test_safe_codec_decodes_random_bytes_or_raises_value_error(data: bytes) -> N
 @given(st.binary(max_size=300))
 def test_random_manifest_bytes_are_corrupt(data: bytes) -> None:
     with pytest.raises((CorruptSavepointError, ConfigError)):
-        layout.decode_manifest("run", 1, data)
+        layout.decode_manifest("run", 1, data, {})
 
 
 def _stored(entities: list[tuple[str, Any]]) -> tuple[bytes, dict[str, bytes]]:
@@ -58,9 +62,10 @@ def _stored(entities: list[tuple[str, Any]]) -> tuple[bytes, dict[str, bytes]]:
 def test_any_flipped_byte_is_caught_before_a_wrong_value(data: st.DataObject) -> None:
     entities = [("a", {"n": 1, "s": "x" * 50}), ("b", [1.5, None, (2, 3)])]
     manifest, packs = _stored(entities)
-    (name,) = packs
-    target = data.draw(st.sampled_from(["manifest", "pack"]))
-    blob = manifest if target == "manifest" else packs[name]
+    (table,) = [name for name, blob in packs.items() if blob.startswith(layout.TABLE_MAGIC)]
+    (pack,) = [name for name in packs if name != table]
+    target = data.draw(st.sampled_from(["manifest", table, pack]))
+    blob = manifest if target == "manifest" else packs[target]
     position = data.draw(st.integers(0, len(blob) - 1))
     flip = data.draw(st.integers(1, 255))
     damaged = bytearray(blob)
@@ -68,9 +73,9 @@ def test_any_flipped_byte_is_caught_before_a_wrong_value(data: st.DataObject) ->
     if target == "manifest":
         manifest = bytes(damaged)
     else:
-        packs = {name: bytes(damaged)}
+        packs = {**packs, target: bytes(damaged)}
     try:
-        parsed = layout.decode_manifest("run", 1, manifest)
+        parsed = layout.decode_manifest("run", 1, manifest, packs)
         result, _ = layout.decode_states("run", parsed, packs, SafeCodec())
     except (CorruptSavepointError, ConfigError):
         return
@@ -79,26 +84,15 @@ def test_any_flipped_byte_is_caught_before_a_wrong_value(data: st.DataObject) ->
 
 def test_a_decompression_bomb_is_refused_by_its_declared_size() -> None:
     bomb = zstandard.ZstdCompressor().compress(b"\x00" * (8 << 20))  # 8 MiB of zeros
-    pack = layout.PACK_MAGIC + bytes([layout.FORMAT_VERSION]) + bomb
-    name = layout.new_pack_name(1)
-    body = msgpack.packb(
-        {
-            "ts": 1,
-            "codec": SafeCodec.name,
-            "packs": [name],
-            "pack_sizes": [len(pack)],
-            "pack_crcs": [zlib.crc32(pack)],
-            "ids": ["e"],
-            "pack": [0],
-            "offset": [5],
-            "length": [len(bomb)],
-            "raw": [16],  # the manifest claims 16 bytes: decompression stops there
-            "flags": [1],
-        }
+    table_name, pack_name = layout.new_blob_name(1), layout.new_blob_name(1)
+    # The table claims a 2-byte body: the frame declares 8 MiB, so it is never inflated.
+    manifest, table, pack = crafted_savepoint(
+        1, table_name, pack_name, [b"\xc0"], frame=bomb, declared=2
     )
-    manifest = layout.decode_manifest("run", 1, layout.seal_manifest(body))
+    blobs = {table_name: table, pack_name: pack}
+    parsed = layout.decode_manifest("run", 1, manifest, blobs)
     with pytest.raises(CorruptSavepointError, match=r"declares another length"):
-        layout.decode_states("run", manifest, {name: pack}, SafeCodec())
+        layout.decode_states("run", parsed, blobs, SafeCodec())
 
 
 def _snapshot(storage: Storage) -> list[Any]:
@@ -168,8 +162,14 @@ def test_start_falls_back_past_a_crafted_manifest(
         storage.init_storage("run")
         storage.save_savepoint("run", 60_000, payload(60_000))
         storage.save_savepoint("run", 120_000, payload(120_000))
-        saved = storage._store.runs["run"].savepoints[120_000]
-        saved.manifest = reseal(FORGERIES[forgery](manifest_fields(saved.manifest)))
+        run = storage._store.runs["run"]
+        saved = run.savepoints[120_000]
+        blobs = {name: run.blobs[name] for name in saved.refs}
+        table_name = manifest_fields(saved.manifest)["tables"][-1]
+        fields = savepoint_fields(saved.manifest, blobs, "run", 120_000)
+        saved.manifest, table = forged_parts(FORGERIES[forgery](fields), table_name)
+        if table is not None:
+            run.blobs[table_name] = table
         resumed, timestamp, entities = StateStore("run", 60_000, storage=storage).start(0, [])
         assert (resumed, timestamp) == (True, 60_000)
         assert [(entity.id, entity.state) for entity in entities] == payload(60_000)

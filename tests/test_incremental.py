@@ -67,9 +67,16 @@ def states(n: int, version: dict[int, int] | None = None) -> list[tuple[str, Any
 
 
 def manifest(storage: Storage, run_id: str, timestamp: int) -> layout.Manifest:
-    found = storage._read_savepoint(run_id, timestamp, with_blobs=False)
+    found = storage._read_savepoint(run_id, timestamp, with_blobs=True)
     assert found is not None
-    return layout.decode_manifest(run_id, timestamp, found.manifest)
+    parsed = layout.decode_manifest(run_id, timestamp, found.manifest, found.blobs)
+    assert isinstance(parsed, layout.Manifest)
+    return parsed
+
+
+def refs(m: layout.Manifest) -> set[str]:
+    """The blobs a savepoint needs: its tables and the packs its states are in."""
+    return {*m.tables, *(m.packs[pack] for pack in m.live_packs())}
 
 
 def test_sparse_savepoint_writes_only_changed_states(backend: tuple[str, StoredBlobs]) -> None:
@@ -87,6 +94,7 @@ def test_sparse_savepoint_writes_only_changed_states(backend: tuple[str, StoredB
         written = [sparse.ids[i] for i, p in enumerate(sparse.pack_index) if p == new_pack]
         assert written == [f"entity-{i:05d}" for i in sorted(changed)]
         new_bytes = sum(stored_blobs(storage, "run").values()) - sum(first.pack_sizes)
+        new_bytes -= sum(first.table_sizes)
         assert new_bytes < full / 50  # 1% of the states: far under 2% of a full save
         assert storage.get_latest_savepoint("run") == (2, states(1000, changed))
 
@@ -103,12 +111,13 @@ def test_prune_and_delete_leave_nothing_unreferenced(backend: tuple[str, StoredB
             kept = [
                 manifest(storage, "run", row.timestamp) for row in storage.list_savepoints("run")
             ]
-            referenced = {name for m in kept for name in m.packs}
+            referenced = {name for m in kept for name in refs(m)}
             assert set(stored_blobs(storage, "run")) == referenced
         latest = manifest(storage, "run", 12)
         live = sum(latest.lengths)
         # copy-forward keeps the read bounded: the packs hold at most ~2x the live bytes
-        assert sum(latest.pack_sizes) <= 2 * live + 5 * len(latest.packs)
+        used = latest.live_packs()
+        assert sum(latest.pack_sizes[p] for p in used) <= 2 * live + 5 * len(used)
         storage.delete_run("run")
         assert stored_blobs(storage, "run") == {}
 
@@ -124,7 +133,7 @@ def test_a_reopened_store_saves_incrementally_after_loading(
         storage.get_latest_savepoint("run")  # what a resuming run does first
         storage.save_savepoint("run", 2, states(500, {3: 1}))
         sparse = manifest(storage, "run", 2)
-        assert len(sparse.packs) == 2
+        assert len(sparse.live_packs()) == 2
         assert storage.get_latest_savepoint("run") == (2, states(500, {3: 1}))
 
 
@@ -139,4 +148,4 @@ def test_base_pruned_by_another_handle_falls_back_to_a_full_save(
         assert stored_blobs(operator, "run") == {}
         writer.save_savepoint("run", 2, states(100))  # the writer's base is gone
         assert operator.get_latest_savepoint("run") == (2, states(100))
-        assert len(manifest(operator, "run", 2).packs) == 1
+        assert len(manifest(operator, "run", 2).live_packs()) == 1

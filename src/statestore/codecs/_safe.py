@@ -112,6 +112,10 @@ class SafeCodec:
     """
 
     name = "safe-msgpack"
+    #: Each encoding is exactly one MessagePack value, and decoding a MessagePack array
+    #: of encodings gives the list of their values: the storage layout stores a pack's
+    #: states as one array and decodes it in one call.
+    msgpack_native = True
 
     def __init__(self) -> None:
         self._by_type: dict[type[Any], _Registration] = {}
@@ -142,17 +146,29 @@ class SafeCodec:
 
     def encode(self, value: object) -> bytes:
         try:
-            return _Writer(self, fast=True).pack(value)
+            # One C call for a state of plain containers; a _Writer, which counts the
+            # nesting of extension records, is made only when the first one is met.
+            packed: bytes = ormsgpack.packb(
+                value, default=self._first_ext, option=_ORMSGPACK_OPTIONS
+            )
         except EncodeError:
             raise
         except (TypeError, ormsgpack.MsgpackEncodeError, RecursionError, OverflowError):
             pass  # e.g. a dict with non-str keys: the reference binding writes those
+        else:
+            return packed
         try:
             return _Writer(self, fast=False).pack(value)
         except EncodeError:
             raise
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise EncodeError(f"cannot encode {type(value).__name__}: {exc}") from None
+
+    def _first_ext(self, value: Any) -> ormsgpack.Ext:
+        """ormsgpack's ``default`` at the top level: ``value`` is one level deep."""
+        writer = _Writer(self, fast=True)
+        writer.depth = 1
+        return writer._ormsgpack_ext(value)
 
     def _ext_payload(self, value: Any, pack: Callable[[Any], bytes]) -> tuple[int, bytes]:
         cls = type(value)

@@ -3,7 +3,7 @@
 Layout of this package, one concern per module:
 
 * ``_base.py``: the :class:`Storage` base, every rule of the contract, the primitives
-* ``layout.py``: savepoint bytes (manifest, packs, checksums, compression), the format
+* ``layout/``: savepoint bytes (manifest, table chain, packs, checksums), the format
 * ``validate.py``: argument checks (public: the engine and the operations use them too)
 * ``_registry.py``: URL scheme to backend, :func:`open_storage`
 * ``_functions.py``: the process-wide configured storage and the seed's functions
@@ -23,6 +23,7 @@ from ._base import (
     SavepointLayout,
     SavepointParts,
     Storage,
+    StoredSavepoint,
     StoredState,
 )
 from ._files import FileStorage
@@ -63,6 +64,7 @@ __all__ = [
     "SavepointParts",
     "SavepointRecord",
     "Storage",
+    "StoredSavepoint",
     "StoredState",
     "delete_old_savepoints",
     "delete_run",

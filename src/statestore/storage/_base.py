@@ -49,6 +49,7 @@ __all__ = [
     "SavepointLayout",
     "SavepointParts",
     "Storage",
+    "StoredSavepoint",
     "StoredState",
 ]
 
@@ -69,6 +70,15 @@ class Savepoint(NamedTuple):
 
     timestamp: int
     entities: list[tuple[str, Any]]
+
+
+class StoredSavepoint(NamedTuple):
+    """A savepoint with the state version each state was written with
+    (:meth:`Storage.load_savepoint`); 1 for states stored before versions existed."""
+
+    timestamp: int
+    entities: list[tuple[str, Any]]
+    versions: list[int]
 
 
 class EncodedSavepoint(NamedTuple):
@@ -217,22 +227,22 @@ class Storage(ABC):
         entities: Iterable[tuple[str, Any]],
         *,
         writer_token: int | None = None,
+        state_version: int = 1,
     ) -> None:
         """Persist one savepoint, all or nothing; durable once this returns.
 
         Saving at an existing timestamp replaces that savepoint. With
         ``writer_token``, the save is refused with
         :class:`~statestore.errors.StaleWriterError` (storing nothing) unless the
-        token is still the run's current one (see :meth:`acquire_writer`).
+        token is still the run's current one (see :meth:`acquire_writer`). Every state
+        records ``state_version`` (see :meth:`load_savepoint`).
         """
         run_id = validate.save_target(run_id, timestamp, writer_token)
+        state_version = validate.state_version(state_version)
         ids, states = validate.entities(entities, run_id)
+        encoded = layout.encode_states(self.codec, ids, states, run_id)
         self._save(
-            run_id,
-            timestamp,
-            ids,
-            layout.encode_states(self.codec, ids, states, run_id),
-            writer_token,
+            run_id, timestamp, ids, encoded, writer_token=writer_token, state_version=state_version
         )
 
     def encode_state(self, run_id: str, entity_id: str, state: Any) -> bytes:
@@ -256,14 +266,82 @@ class Storage(ABC):
         encoded_entities: Iterable[tuple[str, bytes]],
         *,
         writer_token: int | None = None,
+        state_version: int = 1,
     ) -> None:
         """Like :meth:`save_savepoint`, with states already encoded by :meth:`encode_state`.
 
         The engine encodes each state once when an entity saves it and reuses the
-        bytes for every savepoint that save fills.
+        bytes for every savepoint that save fills. Bytes that :meth:`encode_state` did
+        not return (from an archive, another store) are checked to be one value this
+        storage's codec decodes, else :class:`~statestore.errors.InvalidArgumentError`
+        and nothing is stored.
         """
         run_id = validate.save_target(run_id, timestamp, writer_token)
+        state_version = validate.state_version(state_version)
         ids, encoded = validate.entities(encoded_entities, run_id)
+        self._check_encoded(run_id, ids, encoded)
+        self._save(
+            run_id, timestamp, ids, encoded, writer_token=writer_token, state_version=state_version
+        )
+
+    def save_changes(
+        self,
+        run_id: str,
+        timestamp: int,
+        changed: Iterable[tuple[str, Any]],
+        removed: Iterable[str] = (),
+        *,
+        writer_token: int | None = None,
+        state_version: int = 1,
+    ) -> None:
+        """Persist a savepoint given as changes to this handle's last one of the run.
+
+        The savepoint stored at ``timestamp`` is the one this storage object last saved
+        or loaded (with :meth:`get_latest_savepoint` or :meth:`load_savepoint`) for
+        ``run_id`` (its *base*), with the states of ``changed`` set (ids the base lacks
+        are appended, in the order given) and the ids of ``removed`` left out (ids it
+        lacks are ignored). Its cost grows with the changes, not with the run: only the
+        changed states are encoded and written, and the manifest written is a delta.
+        The changed states record ``state_version``; the others keep theirs.
+
+        Raises :class:`~statestore.errors.NoSavepointError`, storing nothing, when this
+        handle has no base for the run (save a whole savepoint or load the run first)
+        or when the base's stored parts were deleted meanwhile (by a prune in another
+        process, say). Otherwise as :meth:`save_savepoint`: atomic, durable, fenced by
+        ``writer_token``, replacing a savepoint at ``timestamp``.
+        """
+        run_id = validate.save_target(run_id, timestamp, writer_token)
+        state_version = validate.state_version(state_version)
+        ids, states = validate.entities(changed, run_id)
+        gone = validate.removed_ids(removed, run_id, ids)
+        encoded = layout.encode_states(self.codec, ids, states, run_id)
+        self._save_changes(
+            run_id, timestamp, ids, encoded,
+            removed=gone, writer_token=writer_token, state_version=state_version,
+        )  # fmt: skip
+
+    def save_encoded_changes(
+        self,
+        run_id: str,
+        timestamp: int,
+        changed: Iterable[tuple[str, bytes]],
+        removed: Iterable[str] = (),
+        *,
+        writer_token: int | None = None,
+        state_version: int = 1,
+    ) -> None:
+        """Like :meth:`save_changes`, with states already encoded by :meth:`encode_state`."""
+        run_id = validate.save_target(run_id, timestamp, writer_token)
+        state_version = validate.state_version(state_version)
+        ids, encoded = validate.entities(changed, run_id)
+        self._check_encoded(run_id, ids, encoded)
+        gone = validate.removed_ids(removed, run_id, ids)
+        self._save_changes(
+            run_id, timestamp, ids, encoded,
+            removed=gone, writer_token=writer_token, state_version=state_version,
+        )  # fmt: skip
+
+    def _check_encoded(self, run_id: str, ids: list[str], encoded: list[Any]) -> None:
         for entity_id, data in zip(ids, encoded, strict=True):
             if not isinstance(data, bytes):
                 raise InvalidArgumentError(
@@ -271,7 +349,7 @@ class Storage(ABC):
                     f"not {type(data).__name__}"
                 )
             layout.check_state_size(run_id, entity_id, data)
-        self._save(run_id, timestamp, ids, encoded, writer_token)
+        layout.check_encoded(self.codec, run_id, ids, encoded)
 
     def _save(
         self,
@@ -279,32 +357,125 @@ class Storage(ABC):
         timestamp: int,
         ids: list[str],
         encoded: list[bytes],
+        *,
         writer_token: int | None,
+        state_version: int,
+        keep_versions: bool = False,
     ) -> None:
-        layout.check_savepoint_size(run_id, timestamp, encoded, self.max_savepoint_bytes)
+        total = sum(map(len, encoded))
+        layout.check_savepoint_size(run_id, timestamp, total, self.max_savepoint_bytes)
         base = self._reuse_base(run_id)
-        record, index = layout.build_record(run_id, timestamp, self.codec, ids, encoded, base=base)
+        record, after = layout.build_record(
+            run_id, timestamp, self.codec, ids, encoded,
+            base=base, state_version=state_version, keep_versions=keep_versions,
+        )  # fmt: skip
         try:
             with self._boundary(run_id, timestamp):
                 try:
                     self._commit(run_id, record, writer_token)
                 except MissingBlobsError:
+                    if keep_versions:  # its unchanged states were in the base's packs
+                        raise self._base_gone(run_id) from None
                     # The base savepoint was pruned under us: save every state anew.
-                    record, index = layout.build_record(run_id, timestamp, self.codec, ids, encoded)
+                    record, after = layout.build_record(
+                        run_id, timestamp, self.codec, ids, encoded, state_version=state_version
+                    )
                     self._commit(run_id, record, writer_token)
         except BaseException:
             self._forget_base(run_id)
             raise
-        self._remember_base(run_id, index)
+        self._remember_base(run_id, after)
+
+    def _save_changes(
+        self,
+        run_id: str,
+        timestamp: int,
+        ids: list[str],
+        encoded: list[bytes],
+        *,
+        removed: list[str],
+        writer_token: int | None,
+        state_version: int,
+    ) -> None:
+        base = self._reuse_base(run_id)
+        if base is None or base.manifest.codec != self.codec.name:
+            raise NoSavepointError(
+                f"run {run_id!r}: this storage has no savepoint of the run to apply changes "
+                "to; save a whole savepoint or load the run first; nothing was stored"
+            )
+        built = layout.build_changes(
+            timestamp,
+            self.codec,
+            base,
+            ids,
+            encoded,
+            removed_ids=removed,
+            state_version=state_version,
+        )
+        if built is None:
+            # The packs would hold too much dead data: save the whole savepoint, which
+            # copies the live states of the sparsest packs forward.
+            self._save_merged(
+                run_id, timestamp, base, dict(zip(ids, encoded, strict=True)),
+                removed=removed, writer_token=writer_token, state_version=state_version,
+            )  # fmt: skip
+            return
+        record, after = built
+        total = sum(after.manifest.pack_raw[pack] for pack in after.manifest.live_packs())
+        layout.check_savepoint_size(run_id, timestamp, total, self.max_savepoint_bytes)
+        try:
+            with self._boundary(run_id, timestamp):
+                try:
+                    self._commit(run_id, record, writer_token)
+                except MissingBlobsError:
+                    raise self._base_gone(run_id) from None
+        except BaseException:
+            self._forget_base(run_id)
+            raise
+        self._remember_base(run_id, after)
+
+    def _save_merged(
+        self,
+        run_id: str,
+        timestamp: int,
+        base: ReuseBase,
+        changed: dict[str, bytes],
+        *,
+        removed: list[str],
+        writer_token: int | None,
+        state_version: int,
+    ) -> None:
+        """A change set saved as a whole savepoint: the base's stored states, changed."""
+        try:
+            manifest, packs = self._read_checked(run_id, base.timestamp)
+        except NoSavepointError:
+            raise self._base_gone(run_id) from None
+        if not isinstance(manifest, layout.Manifest) or manifest.tables != base.manifest.tables:
+            raise self._base_gone(run_id)  # replaced at its timestamp since
+        states = dict(layout.extract_states(run_id, manifest, packs))
+        for entity_id in removed:
+            states.pop(entity_id, None)
+        states.update(changed)
+        self._save(
+            run_id, timestamp, list(states), list(states.values()),
+            writer_token=writer_token, state_version=state_version, keep_versions=True,
+        )  # fmt: skip
+
+    @staticmethod
+    def _base_gone(run_id: str) -> NoSavepointError:
+        return NoSavepointError(
+            f"run {run_id!r}: the savepoint this change set applies to was deleted or "
+            "replaced meanwhile; save a whole savepoint instead; nothing was stored"
+        )
 
     def _reuse_base(self, run_id: str) -> ReuseBase | None:
         with self._reuse_bases_lock:
             return self._reuse_bases.get(run_id)
 
-    def _remember_base(self, run_id: str, index: ReuseBase) -> None:
+    def _remember_base(self, run_id: str, base: ReuseBase) -> None:
         with self._reuse_bases_lock:
             self._reuse_bases.pop(run_id, None)
-            self._reuse_bases[run_id] = index
+            self._reuse_bases[run_id] = base
             while len(self._reuse_bases) > REUSE_CACHE_RUNS:
                 del self._reuse_bases[next(iter(self._reuse_bases))]
 
@@ -315,7 +486,8 @@ class Storage(ABC):
     def get_latest_savepoint(self, run_id: str) -> Savepoint:
         """The savepoint with the highest timestamp; ``NoSavepointError`` when none."""
         run_id = validate.run_id(run_id)
-        return self._load(run_id, None)
+        timestamp, entities, _versions = self._load(run_id, None)
+        return Savepoint(timestamp, entities)
 
     def get_latest_savepoint_timestamp(self, run_id: str) -> int:
         """The highest savepoint timestamp of the run, without reading any state."""
@@ -329,7 +501,18 @@ class Storage(ABC):
     def get_savepoint(self, run_id: str, timestamp: int) -> Savepoint:
         """The savepoint at exactly ``timestamp``; ``NoSavepointError`` when none."""
         run_id = validate.run_id(run_id)
-        return self._load(run_id, validate.timestamp(timestamp))
+        timestamp, entities, _versions = self._load(run_id, validate.timestamp(timestamp))
+        return Savepoint(timestamp, entities)
+
+    def load_savepoint(self, run_id: str, timestamp: int | None = None) -> StoredSavepoint:
+        """The savepoint at ``timestamp`` (the latest when None), with each state's version.
+
+        ``versions[i]`` is the ``state_version`` entity ``i``'s state was saved with, so
+        a caller can upgrade states written by older code. Loading the latest makes it
+        this handle's base for :meth:`save_changes`.
+        """
+        run_id = validate.run_id(run_id)
+        return self._load(run_id, None if timestamp is None else validate.timestamp(timestamp))
 
     def list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         """Every savepoint of the run, ascending by timestamp (empty for an unknown run)."""
@@ -349,8 +532,7 @@ class Storage(ABC):
         if timestamp is not None:
             timestamp = validate.timestamp(timestamp)
         manifest, packs = self._read_checked(run_id, timestamp)
-        index = layout.extract_states(run_id, manifest, packs)
-        entities = [(entity_id, bytes(raw)) for entity_id, raw in index.entities()]
+        entities = layout.extract_states(run_id, manifest, packs)
         return EncodedSavepoint(manifest.timestamp, manifest.codec, entities)
 
     def describe_savepoint(self, run_id: str, timestamp: int) -> SavepointLayout:
@@ -362,19 +544,18 @@ class Storage(ABC):
         run_id = validate.run_id(run_id)
         timestamp = validate.timestamp(timestamp)
         with self._boundary(run_id, timestamp):
-            parts = self._read_savepoint(run_id, timestamp, with_blobs=False)
+            # With the blobs: a manifest's tables are blobs too.
+            parts = self._read_savepoint(run_id, timestamp, with_blobs=True)
         if parts is None:
             raise NoSavepointError(f"run {run_id!r} has no savepoint at {timestamp}")
-        manifest = layout.decode_manifest(
-            run_id, parts.timestamp, parts.manifest, max_savepoint_bytes=self.max_savepoint_bytes
-        )
-        states = [
-            StoredState(entity_id, raw, stored, bool(flag & layout.FLAG_ZSTD))
-            for entity_id, raw, stored, flag in zip(
-                manifest.ids, manifest.raw_lengths, manifest.lengths, manifest.flags, strict=True
-            )
-        ]
-        packs = dict(zip(manifest.packs, manifest.pack_sizes, strict=True))
+        manifest = self._decode_manifest(run_id, parts)
+        states = [StoredState(*stored) for stored in layout.stored_states(manifest)]
+        live = manifest.live_packs() if isinstance(manifest, layout.Manifest) else None
+        packs = {
+            name: size
+            for k, (name, size) in enumerate(zip(manifest.packs, manifest.pack_sizes, strict=True))
+            if live is None or k in live
+        }
         return SavepointLayout(
             manifest.timestamp, manifest.codec, len(parts.manifest), packs, states
         )
@@ -480,26 +661,40 @@ class Storage(ABC):
     # ---------------------------------------------------------------- shared helpers
 
     def _read_checked(
-        self, run_id: str, timestamp: int | None, *, with_blobs: bool = True
-    ) -> tuple[layout.Manifest, dict[str, bytes]]:
+        self, run_id: str, timestamp: int | None
+    ) -> tuple[layout.Manifest | layout.ManifestV1, dict[str, bytes]]:
         """A savepoint's checked manifest and its packs; NoSavepointError when there is none."""
         with self._boundary(run_id, timestamp):
-            parts = self._read_savepoint(run_id, timestamp, with_blobs=with_blobs)
+            parts = self._read_savepoint(run_id, timestamp, with_blobs=True)
         if parts is None:
             where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
             raise NoSavepointError(f"run {run_id!r} has {where}")
-        manifest = layout.decode_manifest(
-            run_id, parts.timestamp, parts.manifest, max_savepoint_bytes=self.max_savepoint_bytes
-        )
-        return manifest, parts.blobs
+        return self._decode_manifest(run_id, parts), parts.blobs
 
-    def _load(self, run_id: str, timestamp: int | None) -> Savepoint:
+    def _decode_manifest(
+        self, run_id: str, parts: SavepointParts
+    ) -> layout.Manifest | layout.ManifestV1:
+        return layout.decode_manifest(
+            run_id,
+            parts.timestamp,
+            parts.manifest,
+            parts.blobs,
+            max_savepoint_bytes=self.max_savepoint_bytes,
+        )
+
+    def _load(self, run_id: str, timestamp: int | None) -> StoredSavepoint:
         manifest, packs = self._read_checked(run_id, timestamp)
         codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
-        entities, index = layout.decode_states(run_id, manifest, packs, codec)
-        if timestamp is None:  # a resumed run saves next: base that save on what it loaded
-            self._remember_base(run_id, index)
-        return Savepoint(manifest.timestamp, entities)
+        # A resumed run saves next: base that save on what it loaded.
+        keep_base = timestamp is None
+        entities, base = layout.decode_states(run_id, manifest, packs, codec, keep_base=keep_base)
+        if base is not None:
+            self._remember_base(run_id, base)
+        if isinstance(manifest, layout.Manifest):
+            versions = manifest.versions()
+        else:
+            versions = [1] * len(entities)
+        return StoredSavepoint(manifest.timestamp, entities, versions)
 
     @contextlib.contextmanager
     def _boundary(self, run_id: str | None = None, timestamp: int | None = None) -> Iterator[None]:

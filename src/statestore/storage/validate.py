@@ -117,3 +117,32 @@ def _check_utf8(value: str, what: str) -> None:
         raise InvalidArgumentError(
             f"{what} is not valid Unicode text: {_describe(value)}"
         ) from None
+
+
+def removed_ids(value: Any, run: str, changed: list[str]) -> list[str]:
+    """The entity ids a change set removes: an iterable of str, none also changed."""
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+        raise InvalidArgumentError(
+            f"run {run!r}: removed must be a list of entity ids, not {_describe(value)}"
+        )
+    ids = list(value)
+    for entity_id in ids:
+        if type(entity_id) is not str:
+            raise InvalidArgumentError(
+                f"run {run!r}: removed entity id must be a str, not {_describe(entity_id)}"
+            )
+    both = set(ids).intersection(changed)
+    if both:
+        raise InvalidArgumentError(
+            f"run {run!r}: entity {sorted(both)[0]!r} is both changed and removed"
+        )
+    return ids
+
+
+def state_version(value: Any) -> int:
+    """A state version: an int in 1 .. 2**31-1 (bool is not an int here)."""
+    if type(value) is not int or not 1 <= value <= 2**31 - 1:
+        raise InvalidArgumentError(
+            f"state_version must be an int in 1 .. 2**31-1, not {_describe(value)}"
+        )
+    return value

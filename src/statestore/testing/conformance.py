@@ -43,12 +43,13 @@ from .forgery import (
     FORGERIES,
     bomb_frame,
     crafted_savepoint,
+    forged_parts,
     hostile_manifests,
     hostile_states,
     manifest_fields,
-    reseal,
+    savepoint_fields,
 )
-from .hooks import BackendHooks, Part
+from .hooks import MANIFEST, PACK_PREFIX, BackendHooks, Part
 from .stateful import check_against_model
 from .strategies import (
     AWKWARD_RUN_IDS,
@@ -542,28 +543,48 @@ class InProcessConformance(DamageTests, BackendHooks):
 
     # ================================================================ crafted savepoints
 
-    def _stored_manifest(self, storage: Storage, run_id: str, timestamp: int) -> bytes:
-        """The stored manifest bytes of one savepoint, read through the back door."""
-        found: list[bytes] = []
+    def _stored_parts(
+        self, storage: Storage, run_id: str, timestamp: int
+    ) -> tuple[bytes, dict[str, bytes]]:
+        """One savepoint's stored manifest and blobs (tables and packs, by name), read
+        through the back doors."""
+        names = self.raw_parts(storage, run_id, timestamp)
+        manifest = self.raw_read(storage, run_id, timestamp, names[0])
+        blobs = {
+            name[len(PACK_PREFIX) :]: self.raw_read(storage, run_id, timestamp, name)
+            for name in self.packs(names)
+        }
+        return manifest, blobs
 
-        def keep(old: bytes) -> bytes:
-            found.append(old)
-            return old
+    def _names(self, storage: Storage, run_id: str, timestamp: int) -> tuple[str, str]:
+        """The savepoint's last table and one of its packs, to plant crafted bytes in."""
+        manifest, blobs = self._stored_parts(storage, run_id, timestamp)
+        tables = manifest_fields(manifest)["tables"]
+        packs = [name for name in blobs if name not in tables]
+        assert packs, f"savepoint {timestamp} wrote no pack of its own"
+        return tables[-1], packs[0]
 
-        self.tamper(storage, run_id, timestamp, "manifest", keep)
-        return found[0]
+    def _forge(
+        self, storage: Storage, run_id: str, timestamp: int, forge: Callable[..., object]
+    ) -> None:
+        """Store ``forge`` of the savepoint's fields in its place, every checksum valid."""
+        manifest, blobs = self._stored_parts(storage, run_id, timestamp)
+        table_name = manifest_fields(manifest)["tables"][-1]
+        fields = savepoint_fields(manifest, blobs, run_id, timestamp)
+        head, table = forged_parts(forge(fields), table_name)
+        self.raw_write(storage, run_id, timestamp, MANIFEST, head)
+        if table is not None:
+            self.raw_write(storage, run_id, timestamp, PACK_PREFIX + table_name, table)
 
     def _plant(
-        self, storage: Storage, run_id: str, timestamp: int, manifest: bytes, pack: bytes
+        self, storage: Storage, run_id: str, timestamp: int, crafted: tuple[bytes, bytes, bytes]
     ) -> None:
-        """Replace one savepoint (saved with a single pack) by a crafted manifest and pack."""
-        self.tamper(storage, run_id, timestamp, "manifest", lambda _: manifest)
-        self.tamper(storage, run_id, timestamp, "pack", lambda _: pack)
-
-    def _pack_name(self, storage: Storage, run_id: str, timestamp: int) -> str:
-        (name,) = manifest_fields(self._stored_manifest(storage, run_id, timestamp))["packs"]
-        assert isinstance(name, str)
-        return name
+        """Replace one savepoint by a crafted manifest, table and pack."""
+        table_name, pack_name = self._names(storage, run_id, timestamp)
+        manifest, table, pack = crafted
+        self.raw_write(storage, run_id, timestamp, MANIFEST, manifest)
+        self.raw_write(storage, run_id, timestamp, PACK_PREFIX + table_name, table)
+        self.raw_write(storage, run_id, timestamp, PACK_PREFIX + pack_name, pack)
 
     def _assert_value_or_corrupt(self, storage: Storage, run_id: str, timestamp: int) -> None:
         """Every read of the savepoint ends, soon and within bounded memory, in a value or
@@ -596,15 +617,12 @@ class InProcessConformance(DamageTests, BackendHooks):
 
     @pytest.mark.parametrize("forgery", FORGERIES.keys())
     def test_crafted_manifest_with_valid_checksum_is_corrupt(
-        self, storage: Storage, forgery: str
+        self, url: str, storage: Storage, forgery: str
     ) -> None:
         storage.init_storage("run-f")
         storage.save_savepoint("run-f", 30_000, payload(30_000))
         storage.save_savepoint("run-f", 60_000, payload(60_000))
-        forge = FORGERIES[forgery]
-        self.tamper(
-            storage, "run-f", 60_000, "manifest", lambda old: reseal(forge(manifest_fields(old)))
-        )
+        self._forge(storage, "run-f", 60_000, FORGERIES[forgery])
         reads: dict[str, Callable[[], object]] = {
             "get_latest_savepoint": lambda: storage.get_latest_savepoint("run-f"),
             "get_savepoint": lambda: storage.get_savepoint("run-f", 60_000),
@@ -615,10 +633,17 @@ class InProcessConformance(DamageTests, BackendHooks):
             assert "run 'run-f': savepoint 60000" in str(error)
         assert storage.get_savepoint("run-f", 30_000) == (30_000, payload(30_000))
         assert [row.timestamp for row in storage.list_savepoints("run-f")] == [30_000, 60_000]
-        storage.save_savepoint("run-f", 90_000, payload(90_000))  # the run goes on
-        assert storage.get_latest_savepoint("run-f") == (90_000, payload(90_000))
+        # The run goes on from a handle that read what survives. (This handle's next save
+        # would share the forged table, as a savepoint shares the packs of the ones before
+        # it: damage to a shared blob shows in each savepoint that uses it.)
+        storage.get_latest_savepoint_timestamp("run-f")
+        with self.open(url) as other:
+            other.save_savepoint("run-f", 90_000, payload(90_000))
+            assert other.get_latest_savepoint("run-f") == (90_000, payload(90_000))
 
-    def test_fuzzed_manifests_and_states_end_in_a_value_or_corrupt(self, storage: Storage) -> None:
+    def test_fuzzed_manifests_and_states_end_in_a_value_or_corrupt(
+        self, url: str, storage: Storage
+    ) -> None:
         storage.init_storage("run-z")
         storage.max_savepoint_bytes = FUZZ_SAVEPOINT_BYTES
         timestamps = iter(range(2, 1 << 40))
@@ -629,37 +654,30 @@ class InProcessConformance(DamageTests, BackendHooks):
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         )
         @given(forge=hostile_manifests(), states=st.lists(hostile_states(), min_size=1, max_size=4))
-        def read_crafted(
-            forge: Callable[..., object], states: list[tuple[bytes, int, int]]
-        ) -> None:
-            timestamp = next(timestamps)
-            # A hostile manifest over a real savepoint, then crafted states under a sound one.
-            storage.save_savepoint("run-z", timestamp, payload(timestamp))
-            self.tamper(
-                storage,
-                "run-z",
-                timestamp,
-                "manifest",
-                lambda old: reseal(forge(manifest_fields(old))),
-            )
-            self._assert_value_or_corrupt(storage, "run-z", timestamp)
-            timestamp = next(timestamps)
-            storage.save_savepoint("run-z", timestamp, payload(timestamp))
-            stored, raw_sizes, flags = (list(column) for column in zip(*states, strict=True))
-            name = self._pack_name(storage, "run-z", timestamp)
-            self._plant(
-                storage,
-                "run-z",
-                timestamp,
-                *crafted_savepoint(timestamp, name, stored, raw_sizes, flags),
-            )
-            self._assert_value_or_corrupt(storage, "run-z", timestamp)
-            storage.delete_old_savepoints("run-z", 4)  # keeps the store small
+        def read_crafted(forge: Callable[..., object], states: list[bytes]) -> None:
+            # A hostile manifest over a real savepoint, then crafted states under a sound
+            # one; a fresh handle each time, so no save shares a crafted table.
+            with self.open(url) as writer:
+                writer.max_savepoint_bytes = FUZZ_SAVEPOINT_BYTES
+                timestamp = next(timestamps)
+                writer.save_savepoint("run-z", timestamp, payload(timestamp))
+                self._forge(writer, "run-z", timestamp, forge)
+                self._assert_value_or_corrupt(writer, "run-z", timestamp)
+            with self.open(url) as writer:
+                writer.max_savepoint_bytes = FUZZ_SAVEPOINT_BYTES
+                timestamp = next(timestamps)
+                writer.save_savepoint("run-z", timestamp, payload(timestamp))
+                table_name, pack_name = self._names(writer, "run-z", timestamp)
+                crafted = crafted_savepoint(timestamp, table_name, pack_name, states)
+                self._plant(writer, "run-z", timestamp, crafted)
+                self._assert_value_or_corrupt(writer, "run-z", timestamp)
+                writer.delete_old_savepoints("run-z", 4)  # keeps the store small
 
         read_crafted()
         last = next(timestamps)  # the run goes on past every crafted savepoint
-        storage.save_savepoint("run-z", last, payload(last))
-        assert wholeness_problem(storage.get_latest_savepoint("run-z")) is None
+        with self.open(url) as writer:
+            writer.save_savepoint("run-z", last, payload(last))
+            assert wholeness_problem(writer.get_latest_savepoint("run-z")) is None
 
     def _read_capped(
         self, url: str, storage: Storage, run_id: str, limit: int, timestamps: list[int]
@@ -693,35 +711,31 @@ class InProcessConformance(DamageTests, BackendHooks):
         gib = 1 << 30
         frame = bomb_frame(gib)  # ~32 KiB that inflate to 1 GiB
         plain = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(1 << 20))
-        bombs = {  # timestamp: (stored states, declared raw lengths, shared)
-            20_000: ([frame] * 3, [gib] * 3, True),  # three entities, one frame
-            30_000: ([frame] * 3, [gib] * 3, False),  # 3 GiB in all: over the 2 GiB limit
-            40_000: ([frame], [32 * gib], False),  # a state claiming 32 GiB
-            50_000: ([plain], [1 << 20], False),  # a frame that declares no size
-            60_000: ([frame], [1000], False),  # a frame declaring more than the manifest
+        state = bytes([0xC0])  # nil: one MessagePack value
+        bombs: dict[int, dict[str, Any]] = {  # timestamp: how the pack is crafted
+            20_000: {"frame": frame, "declared": gib, "shared": True},  # one frame, 3 entities
+            30_000: {"frame": bomb_frame(3 * gib), "declared": 3 * gib},  # over the 2 GiB limit
+            40_000: {"frame": frame, "declared": 32 * gib},  # a body claiming 32 GiB
+            50_000: {"frame": plain, "declared": 1 << 20},  # a frame that declares no size
+            60_000: {"frame": frame, "declared": 1000},  # a frame declaring more than the table
         }
         storage.init_storage("bomb")
         storage.save_savepoint("bomb", 10_000, payload(10_000))  # the control: read in full
-        for timestamp, (stored, raw_sizes, shared) in bombs.items():
+        for timestamp, crafting in bombs.items():
             storage.save_savepoint("bomb", timestamp, payload(timestamp))
-            name = self._pack_name(storage, "bomb", timestamp)
-            flags = [1] * len(stored)
-            self._plant(
-                storage,
-                "bomb",
-                timestamp,
-                *crafted_savepoint(timestamp, name, stored, raw_sizes, flags, shared=shared),
-            )
+            table_name, pack_name = self._names(storage, "bomb", timestamp)
+            crafted = crafted_savepoint(timestamp, table_name, pack_name, [state] * 3, **crafting)
+            self._plant(storage, "bomb", timestamp, crafted)
         lines = self._read_capped(url, storage, "bomb", MAX_SAVEPOINT_BYTES, [10_000, *bombs])
         assert lines[0] == f"OK 10000 {len(payload(10_000))}"
         for line, timestamp in zip(lines[1:], bombs, strict=True):
             assert line.startswith(f"CORRUPT {timestamp} run 'bomb': savepoint {timestamp}"), line
         assert "max_savepoint_bytes" in lines[2]
-        # With the limit raised past 3 GiB, entities sharing one frame are still refused.
+        # With the limit raised past 3 GiB, entities sharing one stored state are still refused.
         raised = self._read_capped(url, storage, "bomb", 4 * gib, [10_000, 20_000])
         assert raised[0] == f"OK 10000 {len(payload(10_000))}"
         assert raised[1].startswith("CORRUPT 20000"), raised[1]
-        assert "points at more bytes than its packs hold" in raised[1]
+        assert "names one stored state for two entities" in raised[1]
 
     # ================================================================ writer tokens
 

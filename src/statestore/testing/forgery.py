@@ -5,11 +5,13 @@ recompute every checksum. The conformance suite plants these through a backend's
 ``tamper`` back door and checks that every read still ends in a value or a
 :class:`~statestore.errors.CorruptSavepointError`, quickly and in bounded memory.
 
-* :func:`manifest_fields` / :func:`reseal` take a stored manifest apart and put a
-  changed one back together with a valid checksum;
+* :func:`savepoint_fields` / :func:`forged_parts` take a stored savepoint's manifest
+  and tables apart as one record and put a changed one back together, as a manifest
+  naming one full table, every checksum valid (:func:`manifest_fields` / :func:`reseal`
+  do the same for the manifest alone);
 * :data:`FORGERIES` are the field changes that once leaked raw exceptions (an
   unhashable id, an int pack name, a short column, ...), each by name;
-* :func:`crafted_savepoint` lays out states of any bytes as a manifest and one pack,
+* :func:`crafted_savepoint` lays out states of any bytes as a manifest, a table and one pack,
   and :func:`bomb_frame` is a real zstd frame that inflates to a given size;
 * :func:`hostile_manifests` and :func:`hostile_states` are hypothesis strategies of
   changed fields and of crafted state bytes, for fuzzing.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -38,10 +40,12 @@ __all__ = [
     "FORGERIES",
     "bomb_frame",
     "crafted_savepoint",
+    "forged_parts",
     "hostile_manifests",
     "hostile_states",
     "manifest_fields",
     "reseal",
+    "savepoint_fields",
 ]
 
 Fields = dict[str, Any]
@@ -57,6 +61,50 @@ def manifest_fields(manifest: bytes) -> Fields:
 def reseal(fields: object) -> bytes:
     """A manifest holding ``fields`` whatever they are, with a valid header and checksum."""
     return layout.seal_manifest(msgpack.packb(fields, use_bin_type=True))
+
+
+#: The fields of a savepoint's record that its manifest holds; the others are its table's.
+_HEAD_KEYS = ("ts", "codec", "count")
+
+
+def savepoint_fields(
+    manifest: bytes, blobs: Mapping[str, bytes], run_id: str, timestamp: int
+) -> Fields:
+    """A stored savepoint (its manifest, and its tables among ``blobs``) as one record:
+    the manifest's fields and one full table's, to change and put back with
+    :func:`forged_parts`."""
+    m = layout.decode_manifest(run_id, timestamp, manifest, blobs)
+    assert isinstance(m, layout.Manifest), "a savepoint of the current format"
+    return {
+        "ts": m.timestamp,
+        "codec": m.codec,
+        "count": len(m.ids),
+        "packs": m.packs,
+        "pack_sizes": m.pack_sizes,
+        "pack_crcs": m.pack_crcs,
+        "pack_raw": m.pack_raw,
+        "pack_counts": m.pack_counts,
+        "pack_flags": m.pack_flags,
+        "pack_versions": m.pack_versions,
+        "ids": m.ids,
+        "pack": layout.to_column(m.pack_index),
+        "index": layout.to_column(m.indexes),
+        "offset": layout.to_column(m.offsets),
+        "length": layout.to_column(m.lengths),
+    }
+
+
+def forged_parts(fields: object, table_name: str) -> tuple[bytes, bytes | None]:
+    """The manifest and the one full table, stored as ``table_name``, that hold
+    ``fields`` whatever they are, every checksum valid (no table when ``fields`` is not
+    a record: the manifest is then ``fields`` itself)."""
+    if not isinstance(fields, dict):
+        return reseal(fields), None
+    body = {name: value for name, value in fields.items() if name not in _HEAD_KEYS}
+    table = layout.seal_table(msgpack.packb(body, use_bin_type=True), full=True)
+    head = {name: fields[name] for name in _HEAD_KEYS if name in fields}
+    head.update(tables=[table_name], table_sizes=[len(table)], table_crcs=[zlib.crc32(table)])
+    return reseal(head), table
 
 
 def _changed(change: Callable[[Fields], object]) -> Callable[[Fields], object]:
@@ -81,6 +129,27 @@ def _set_first(name: str, value: object) -> Callable[[Fields], object]:
     return _changed(lambda fields: fields[name].__setitem__(0, value))
 
 
+def _u32(values: list[int]) -> bytes:
+    return b"".join(value.to_bytes(4, "little") for value in values)
+
+
+def _from_u32(column: bytes) -> list[int]:
+    return [int.from_bytes(column[i : i + 4], "little") for i in range(0, len(column), 4)]
+
+
+def _set_column(
+    name: str, edit: Callable[[Fields, list[int]], object]
+) -> Callable[[Fields], object]:
+    """A forgery of one per-entity column: ``edit`` changes its values in place."""
+
+    def change(fields: Fields) -> None:
+        values = _from_u32(fields[name])
+        edit(fields, values)
+        fields[name] = _u32(values)
+
+    return _changed(change)
+
+
 def _nested(depth: int) -> list[object]:
     """``[[[...]]]``, ``depth`` lists deep."""
     value: list[object] = []
@@ -90,11 +159,15 @@ def _nested(depth: int) -> list[object]:
 
 
 #: Crafted manifests (by what is wrong with them), each applied to a real manifest with
-#: at least two entities; every one must read as CorruptSavepointError.
+#: at least two entities in one pack; every one must read as CorruptSavepointError.
 FORGERIES: dict[str, Callable[[Fields], object]] = {
     "not a record": _changed(lambda fields: [1, 2, 3]),
-    "a missing column": _changed(lambda fields: fields.pop("flags")),
+    "a missing column": _changed(lambda fields: fields.pop("length")),
     "an unknown timestamp type": _set("ts", 60_000.0),
+    "an entity count its table does not hold": _changed(
+        lambda fields: fields.__setitem__("count", fields["count"] + 1)
+    ),
+    "a state version of 0": _set_first("pack_versions", 0),
     "another savepoint's timestamp": _changed(
         lambda fields: fields.__setitem__("ts", fields["ts"] + 1)
     ),
@@ -107,19 +180,42 @@ FORGERIES: dict[str, Callable[[Fields], object]] = {
     "a pack named twice": _changed(lambda fields: fields.__setitem__("packs", fields["packs"] * 2)),
     "pack_sizes shorter than packs": _set("pack_sizes", []),
     "a pack crc that is not an int": _set_first("pack_crcs", "x"),
-    "a pack index out of range": _changed(
-        lambda fields: fields.__setitem__("pack", [len(fields["packs"])] * len(fields["ids"]))
+    "a bool for a pack size": _set_first("pack_sizes", True),
+    "an unknown pack flag": _set_first("pack_flags", 4),
+    "a pack flag its header does not have": _changed(
+        lambda fields: fields["pack_flags"].__setitem__(0, fields["pack_flags"][0] ^ 1)
     ),
-    "a negative offset": _set_first("offset", -3),
-    "a bool for an offset": _set_first("offset", True),
-    "a length past the pack": _set_first("length", 1 << 40),
-    "an unknown flag": _set_first("flags", 2),
-    "a raw length over the state limit": _set_first("raw", layout.MAX_STATE_BYTES + 1),
-    "a wrong raw length": _changed(
-        lambda fields: fields["raw"].__setitem__(0, fields["raw"][0] + 1)
+    "a wrong body length": _changed(
+        lambda fields: fields["pack_raw"].__setitem__(0, fields["pack_raw"][0] + 1)
     ),
-    "columns of different lengths": _changed(lambda fields: fields["raw"].pop()),
-    "a float in a column": _set_first("length", 1.5),
+    "a body length over the savepoint limit": _set_first(
+        "pack_raw", layout.MAX_SAVEPOINT_BYTES + 1
+    ),
+    "a state count the pack does not hold": _changed(
+        lambda fields: fields["pack_counts"].__setitem__(0, fields["pack_counts"][0] + 1)
+    ),
+    "a pack index out of range": _set_column(
+        "pack", lambda fields, values: values.__setitem__(0, len(fields["packs"]))
+    ),
+    "a position past the pack's states": _set_column(
+        "index", lambda fields, values: values.__setitem__(0, fields["pack_counts"][0])
+    ),
+    "two entities naming one stored state": _set_column(
+        "index", lambda fields, values: values.__setitem__(1, values[0])
+    ),
+    "an offset past the pack": _set_column(
+        "offset", lambda fields, values: values.__setitem__(0, (1 << 32) - 1)
+    ),
+    "a length past the pack": _set_column(
+        "length", lambda fields, values: values.__setitem__(0, 1 << 31)
+    ),
+    "columns of different lengths": _changed(
+        lambda fields: fields.__setitem__("length", fields["length"][:-4])
+    ),
+    "a column that is not bytes": _changed(
+        lambda fields: fields.__setitem__("offset", _from_u32(fields["offset"]))
+    ),
+    "a float in a column": _set_first("pack_raw", 1.5),
     "a deeply nested column": _set("offset", _nested(200)),
 }
 
@@ -140,47 +236,66 @@ def bomb_frame(size: int) -> bytes:
     return b"".join(parts) + stream.flush()
 
 
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    return b"\xdc" + count.to_bytes(2, "big")
+
+
 def crafted_savepoint(
     timestamp: int,
+    table_name: str,
     pack_name: str,
-    stored: list[bytes],
-    raw_sizes: list[int],
-    flags: list[int],
+    states: list[bytes],
     *,
+    frame: bytes | None = None,
+    declared: int | None = None,
     shared: bool = False,
-) -> tuple[bytes, bytes]:
-    """A manifest and its one pack holding ``stored`` as the entities' states.
+) -> tuple[bytes, bytes, bytes]:
+    """A manifest, its one table and its one pack holding ``states`` as its array's elements.
 
-    ``raw_sizes`` and ``flags`` (1: zstd) are declared as given. With ``shared``, the
-    pack holds only the first state and every entity points at it. Every checksum is valid: only the
-    manifest and limit checks stand between a reader and what the bytes declare.
+    With ``frame``, the pack's body is that zstd frame instead (the states still give the
+    entities and their lengths); ``declared`` is the body length the table declares
+    (default: the real one). With ``shared``, every entity names the first state. Every
+    checksum is valid: only the manifest and limit checks stand between a reader and what
+    the bytes declare.
     """
-    held = stored[:1] if shared else stored
-    pack = layout.PACK_HEADER + b"".join(held)
-    offsets, offset = [], len(layout.PACK_HEADER)
-    for state in held:
+    head = _array_header(len(states))
+    body = head + b"".join(states)
+    offsets, offset = [], len(head)
+    for state in states:
         offsets.append(offset)
         offset += len(state)
-    lengths = [len(state) for state in held]
-    if shared:
-        offsets, lengths = offsets * len(stored), lengths * len(stored)
+    stored, flags = (body, 0) if frame is None else (frame, layout.PACK_ZSTD)
+    pack = layout.PACK_MAGIC + bytes([layout.FORMAT_VERSION, flags]) + stored
+    count = len(states)
     fields = {
         "ts": timestamp,
         "codec": SafeCodec.name,
+        "count": count,
         "packs": [pack_name],
         "pack_sizes": [len(pack)],
         "pack_crcs": [zlib.crc32(pack)],
-        "ids": [f"crafted-{i}" for i in range(len(stored))],
-        "pack": [0] * len(stored),
-        "offset": offsets,
-        "length": lengths,
-        "raw": raw_sizes,
-        "flags": flags,
+        "pack_raw": [len(body) if declared is None else declared],
+        "pack_counts": [count],
+        "pack_flags": [flags],
+        "pack_versions": [1],
+        "ids": [f"crafted-{i}" for i in range(count)],
+        "pack": _u32([0] * count),
+        "index": _u32([0] * count if shared else list(range(count))),
+        "offset": _u32(offsets),
+        "length": _u32([len(state) for state in states]),
     }
-    return reseal(fields), pack
+    manifest, table = forged_parts(fields, table_name)
+    assert table is not None
+    return manifest, table, pack
 
 
-_COLUMNS = ("pack", "offset", "length", "raw", "flags", "pack_sizes", "pack_crcs", "ids")
+_COLUMNS = ("pack", "index", "offset", "length")
+_PACK_COLUMNS = (
+    "packs", "pack_sizes", "pack_crcs", "pack_raw", "pack_counts", "pack_flags", "pack_versions",
+)  # fmt: skip
+_LISTS = (*_PACK_COLUMNS, "ids")
 
 _odd_scalars = st.one_of(
     st.none(),
@@ -203,29 +318,34 @@ def hostile_manifests(draw: st.DrawFn) -> Callable[[Fields], object]:
     """Changes to a real manifest's fields: a whole field replaced, one element of a
     column replaced, or a column shortened or lengthened."""
     kind = draw(st.sampled_from(["field", "element", "resize"]))
-    name = draw(st.sampled_from([*_COLUMNS, "ts", "codec", "packs"]))
+    name = draw(st.sampled_from([*_LISTS, *_COLUMNS, *_HEAD_KEYS]))
     value = draw(_odd_values)
     if kind == "field":
         return _set(name, value)
-    column = draw(st.sampled_from(_COLUMNS))
-    if kind == "element":
-        position = draw(st.integers(0, 20))
-
-        def replace_one(fields: Fields) -> None:
-            items = fields[column]
-            items[position % len(items)] = value
-
-        return _changed(replace_one)
+    column = draw(st.sampled_from([*_LISTS, *_COLUMNS]))
+    position = draw(st.integers(0, 20))
+    number = draw(st.integers(0, (1 << 32) - 1) | st.sampled_from([0, 1, 2, 5, 6, 7]))
     grow = draw(st.booleans())
 
-    def resize(fields: Fields) -> None:
+    def edit(fields: Fields) -> None:
         items = fields[column]
-        if grow:
+        if isinstance(items, bytes):  # a per-entity column of 32-bit numbers
+            values = _from_u32(items)
+            if kind == "element":
+                values[position % len(values)] = number
+            elif grow:
+                values.append(values[0])
+            else:
+                values.pop()
+            fields[column] = _u32(values)
+        elif kind == "element":
+            items[position % len(items)] = value
+        elif grow:
             items.append(items[0])
         else:
             items.pop()
 
-    return _changed(resize)
+    return _changed(edit)
 
 
 def _ext(code: int, payload: bytes) -> bytes:
@@ -257,16 +377,7 @@ _msgpack_items: st.SearchStrategy[bytes] = st.recursive(
 )
 
 
-@st.composite
-def hostile_states(draw: st.DrawFn) -> tuple[bytes, int, int]:
-    """Crafted bytes of one stored state, as ``(stored, declared raw length, flag)``:
-    msgpack built from hostile parts (the safe codec's extension codes among them, with
-    any payload), random bytes, or either compressed; the declared length is mostly right.
-    """
-    raw = draw(st.one_of(_msgpack_items, st.binary(max_size=100)))
-    flag = draw(st.sampled_from([0, 0, 1]))
-    stored = raw
-    if flag:
-        stored = zstandard.ZstdCompressor(write_content_size=draw(st.booleans())).compress(raw)
-    declared = draw(st.sampled_from([len(raw), len(raw), len(raw) + 1, max(len(raw) - 1, 0)]))
-    return stored, declared, flag
+def hostile_states() -> st.SearchStrategy[bytes]:
+    """Crafted bytes of one stored state: MessagePack built from hostile parts (the safe
+    codec's extension codes among them, with any payload) or random bytes."""
+    return st.one_of(_msgpack_items, st.binary(max_size=100))
