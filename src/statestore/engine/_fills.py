@@ -58,7 +58,7 @@ class Fills:
         #: The highest savepoint any member has filled or joined after.
         self.reached = done
         # A fill of every member up to one grid point, as one column (see fill_all).
-        self._column: tuple[int, list[bytes]] | None = None
+        self._column: tuple[int, Sequence[bytes]] | None = None
         # Removed members' last savepoints, by id, while those are not all finished.
         self._pending_left: dict[str, int] = {}
 
@@ -102,7 +102,7 @@ class Fills:
         """Whether every member stands at ``done``: no pending fill, join or removal."""
         return self.reached <= self.done and not self._pending_left
 
-    def fill_all(self, upto: int, data: list[bytes]) -> None:
+    def fill_all(self, upto: int, data: Sequence[bytes]) -> None:
         """Fill every member up to ``upto``, ``data`` in savepoint order; needs :meth:`aligned`.
 
         Kept as one column until it is persisted: no Python work per entity.

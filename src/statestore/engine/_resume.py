@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import CorruptSavepointError, NoSavepointError
-from ..storage import Savepoint, Storage
+from ..storage import Storage, StoredSavepoint
 from ._entity import Entity
 
 __all__ = ["materialize", "read_resume_point", "warn_if_other_entities"]
@@ -15,10 +15,12 @@ __all__ = ["materialize", "read_resume_point", "warn_if_other_entities"]
 _log = logging.getLogger("statestore")
 
 
-def read_resume_point(storage: Storage, run_id: str, strict: bool) -> tuple[Savepoint, list[int]]:
+def read_resume_point(
+    storage: Storage, run_id: str, strict: bool
+) -> tuple[StoredSavepoint, list[int]]:
     """The latest intact savepoint, and the newer corrupt ones skipped to reach it."""
     try:
-        return storage.get_latest_savepoint(run_id), []
+        return storage.load_savepoint(run_id), []
     except NoSavepointError:
         raise NoSavepointError(
             f"run {run_id!r} is initialized but has no savepoint yet (it stopped "
@@ -31,7 +33,7 @@ def read_resume_point(storage: Storage, run_id: str, strict: bool) -> tuple[Save
     skipped: list[int] = []
     for row in reversed(storage.list_savepoints(run_id)):
         try:
-            savepoint = storage.get_savepoint(run_id, row.timestamp)
+            savepoint = storage.load_savepoint(run_id, row.timestamp)
         except NoSavepointError:
             continue  # deleted since listed
         except CorruptSavepointError as exc:

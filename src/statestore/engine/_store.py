@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, cast
 
+from .. import collector
 from ..errors import (
     EncodeError,
     InvalidArgumentError,
@@ -15,10 +16,12 @@ from ..errors import (
 )
 from ..schedule import next_savepoint, previous_savepoint, unreached_savepoints
 from ..storage import MAX_STATE_BYTES, Storage, get_config, validate
+from ..storage.layout import EncodedState
 from ._entity import Entity
 from ._fills import Fills
 from ._resume import materialize, read_resume_point, warn_if_other_entities
 from ._status import StallWatch, StoreStatus, status
+from ._versions import Upgrade, Versions
 
 __all__ = ["StartResult", "StateStore"]
 
@@ -54,12 +57,14 @@ class StateStore:
     change, but a state changed in place without ``update_state`` is then not saved.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - DESIGN §6's signature, positional as the seed's
         self,
         run_id: str,
         schedule: int | None,
         storage: Storage | None = None,
         keep_savepoints: int = 3,
+        state_version: int = 1,
+        upgrades: Mapping[int, Upgrade] | None = None,
         *,
         trust_update_state: bool = False,
     ) -> None:
@@ -79,6 +84,10 @@ class StateStore:
             raise InvalidArgumentError(
                 f"trust_update_state must be a bool, not {trust_update_state!r}"
             )
+        self._versions = Versions(self.run_id, state_version, upgrades)
+        #: The version every state this store saves records (docs/engine.md, "State
+        #: versions").
+        self.state_version = self._versions.state_version
         self.schedule = schedule
         #: Whether the watermark saves only entities whose ``update_state`` was called
         #: since their last save (docs/engine.md, "Two modes").
@@ -92,9 +101,9 @@ class StateStore:
         self._entities: dict[str, Entity] = {}
         self._last_persisted: int | None = None
         self._stalls = StallWatch(self.run_id)
-        # trust_update_state: the bytes each entity saved last, reused while it is not
-        # updated.
-        self._saved: dict[str, bytes] = {}
+        # trust_update_state: the ids removed, with their last savepoint, that the
+        # storage's base savepoint may still hold (a change set must leave them out).
+        self._removed: dict[str, int] = {}
         self._token: int | None = None
         self._stale = False
         # Bumped by every init/load: saves begun before one are dropped, entities from
@@ -185,7 +194,10 @@ class StateStore:
         # read is the latest there is.
         token = self.storage.acquire_writer(self.run_id)
         savepoint, skipped = read_resume_point(self.storage, self.run_id, strict)
-        timestamp, states = savepoint
+        timestamp, stored, versions = savepoint
+        # States written by older code pass through the upgrade steps (ConfigError when
+        # one is missing, or a state is newer than this code).
+        states = self._versions.upgrade(timestamp, stored, versions)
         ids = [entity_id for entity_id, _state in states]
         with self._lock:
             generation = self._reset(
@@ -220,7 +232,7 @@ class StateStore:
         self._retention_hold = retention_hold
         self._last_persisted = loaded
         self._stalls = StallWatch(self.run_id)
-        self._saved = {}
+        self._removed = {}
         return self._generation
 
     def _entity(
@@ -292,11 +304,6 @@ class StateStore:
             fills = self._started_for(entity_id, entity)
             if needed and upto is not None:
                 fills.fill(entity_id, upto, data)
-                if self.trust_update_state:
-                    if entity is None:  # a state given to save(), maybe not the entity's
-                        self._saved.pop(entity_id, None)
-                    else:
-                        self._saved[entity_id] = data
             # Even a save that filled nothing persists what is complete: it retries a
             # persist that failed (server gone) in an earlier call.
             self._persist_complete(fills)
@@ -362,39 +369,81 @@ class StateStore:
                 _advance(entities, timestamp)
                 return
             upto = timestamp // schedule * schedule
-            if fills.aligned() and upto > fills.done:
-                # Every entity stands at the last finished savepoint (the usual case):
-                # all are due, and their states go in as one column.
-                due = entities
-                trusted = self.trust_update_state
-                fills.fill_all(upto, self._trusted(due) if trusted else self._encode_all(due))
-            else:
-                due = [e for e in entities if cast(int, e.next_savepoint) <= timestamp]
-                encoded = self._encode_all(due)
-                for entity, data in zip(due, encoded, strict=True):
-                    fills.fill(entity.id, upto, data)
-                if self.trust_update_state:
-                    self._saved.update(zip([e.id for e in due], encoded, strict=True))
-            self._persist_complete(fills)
-            for entity in due:
+            # What the bulk steps build (encodings, the savepoint's entity list) lives
+            # until it is written: a collection midway would only walk it, and every
+            # state, again (see statestore.collector).
+            with collector.paused():
+                if fills.aligned() and upto > fills.done:
+                    # Every entity stands at the last finished savepoint (the usual case):
+                    # all are due.
+                    due = entities
+                    if not (self.trust_update_state and self._persist_changes(fills, upto, due)):
+                        # Their states go in as one column.
+                        fills.fill_all(upto, self._encode_all(due))
+                else:
+                    due = [e for e in entities if cast(int, e.next_savepoint) <= timestamp]
+                    for entity, data in zip(due, self._encode_all(due), strict=True):
+                        fills.fill(entity.id, upto, data)
+                self._persist_complete(fills)
+            following = upto + schedule
+            for entity in due:  # one pass, no call: this runs for every entity
                 entity.last_savepoint = upto
-                entity.next_savepoint = upto + schedule
+                entity.next_savepoint = following
                 entity._dirty = False
-            _advance(entities, timestamp)
+                # A due entity's time is below its next savepoint, so below ``timestamp``.
+                entity.timestamp = timestamp
+            if due is not entities:
+                _advance(entities, timestamp)
 
-    def _trusted(self, entities: list[Entity]) -> list[bytes]:
-        """The states of ``entities``: encoded if updated since their last save, else the
-        bytes they last saved (``trust_update_state``)."""
-        saved = self._saved
-        changed = [e for e in entities if e._dirty or e.id not in saved]
-        saved.update(zip([e.id for e in changed], self._encode_all(changed), strict=True))
-        return [saved[e.id] for e in entities]
+    def _persist_changes(self, fills: Fills, upto: int, entities: list[Entity]) -> bool:
+        """``trust_update_state``: persist the savepoints up to ``upto`` as change sets.
 
-    def _encode_all(self, entities: list[Entity]) -> list[bytes]:
+        Only the entities updated since their last save are encoded, and the storage
+        writes only them (``save_encoded_changes`` on the savepoint it saved last).
+        False, having persisted nothing, when a whole savepoint must be saved instead:
+        the storage has no base (a fresh start, a base pruned by another process), a
+        resume is holding retention, or an id removed since the base came back.
+        """
+        schedule = cast(int, self.schedule)
+        if not entities:
+            # No member: no savepoint to write (as in _persist_complete).
+            fills.finish(upto)
+            return True
+        removed = [entity_id for entity_id, left in self._removed.items() if left < upto]
+        if self._retention_hold is not None or any(i in self._entities for i in removed):
+            return False
+        changed = [e for e in entities if e._dirty]
+        encoded = self._encode_all(changed)
+        states = list(zip([e.id for e in changed], encoded, strict=True))
+        complete = unreached_savepoints(schedule, fills.done, upto)[-self.keep_savepoints :]
+        for timestamp in complete:
+            try:
+                self.storage.save_encoded_changes(
+                    self.run_id,
+                    timestamp,
+                    states,
+                    removed,
+                    writer_token=self._token,
+                    state_version=self.state_version,
+                )
+            except NoSavepointError:
+                return False  # no base (any more): the whole savepoint, from here
+            except StaleWriterError:
+                self._stale = True
+                raise
+            states, removed = [], []  # the next savepoints repeat this one
+            fills.finish(timestamp)
+            self._persisted(timestamp)
+        self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
+        return True
+
+    def _encode_all(self, entities: list[Entity]) -> list[EncodedState]:
         """Every entity's state encoded, in one tight loop; nothing changes on a refusal."""
         encode = self.storage.codec.encode
         try:
-            encoded = [encode(entity.state) for entity in entities]
+            # EncodedState marks the bytes as the codec's own (what encode_state returns),
+            # so the storage need not decode them again to check them.
+            encoded = [EncodedState(encode(entity.state)) for entity in entities]
         except EncodeError:
             encoded = []
         if len(encoded) != len(entities) or max(map(len, encoded), default=0) > MAX_STATE_BYTES:
@@ -474,9 +523,16 @@ class StateStore:
                     fills.fill(entity_id, left, self._encode_all([entity])[0])
             fills.remove(entity_id, left)
             del self._entities[entity_id]
-            self._saved.pop(entity_id, None)
+            if self.schedule is not None:
+                self._removed[entity_id] = max(left, self._removed.get(entity_id, left))
             entity.timestamp = timestamp
             self._persist_complete(fills)
+
+    def _persisted(self, timestamp: int) -> None:
+        """The savepoint at ``timestamp`` is written: the storage's base from now on."""
+        self._last_persisted = timestamp
+        if self._removed:  # the ids it leaves out need not be named to the storage again
+            self._removed = {i: left for i, left in self._removed.items() if left >= timestamp}
 
     def _persist_complete(self, fills: Fills) -> None:
         """Persist the savepoints every entity has filled, ascending; then retention."""
@@ -503,13 +559,17 @@ class StateStore:
                 continue
             try:
                 self.storage.save_encoded_savepoint(
-                    self.run_id, timestamp, states, writer_token=self._token
+                    self.run_id,
+                    timestamp,
+                    states,
+                    writer_token=self._token,
+                    state_version=self.state_version,
                 )
             except StaleWriterError:
                 self._stale = True
                 raise
             fills.finish(timestamp)
-            self._last_persisted = timestamp
+            self._persisted(timestamp)
         if self._retention_hold is not None and fills.done >= self._retention_hold:
             self._retention_hold = None
         if self._retention_hold is None:
