@@ -22,11 +22,12 @@ import contextlib
 import errno
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeVar
 
+from .. import collector
 from ..codecs import Codec, SafeCodec
 from ..errors import (
     BackendError,
@@ -52,6 +53,8 @@ __all__ = [
     "StoredSavepoint",
     "StoredState",
 ]
+
+_T = TypeVar("_T")
 
 #: How many runs' previous savepoints one storage object remembers for incremental saves.
 REUSE_CACHE_RUNS = 64
@@ -79,6 +82,20 @@ class StoredSavepoint(NamedTuple):
     timestamp: int
     entities: list[tuple[str, Any]]
     versions: list[int]
+
+
+def _savepoint(
+    manifest: layout.Manifest | layout.ManifestV1, entities: list[tuple[str, Any]]
+) -> Savepoint:
+    return Savepoint(manifest.timestamp, entities)
+
+
+def _stored_savepoint(
+    manifest: layout.Manifest | layout.ManifestV1, entities: list[tuple[str, Any]]
+) -> StoredSavepoint:
+    if isinstance(manifest, layout.ManifestV1):  # format 1 knew no versions
+        return StoredSavepoint(manifest.timestamp, entities, [1] * len(entities))
+    return StoredSavepoint(manifest.timestamp, entities, manifest.versions())
 
 
 class EncodedSavepoint(NamedTuple):
@@ -486,8 +503,7 @@ class Storage(ABC):
     def get_latest_savepoint(self, run_id: str) -> Savepoint:
         """The savepoint with the highest timestamp; ``NoSavepointError`` when none."""
         run_id = validate.run_id(run_id)
-        timestamp, entities, _versions = self._load(run_id, None)
-        return Savepoint(timestamp, entities)
+        return self._load(run_id, None, _savepoint)
 
     def get_latest_savepoint_timestamp(self, run_id: str) -> int:
         """The highest savepoint timestamp of the run, without reading any state."""
@@ -501,8 +517,7 @@ class Storage(ABC):
     def get_savepoint(self, run_id: str, timestamp: int) -> Savepoint:
         """The savepoint at exactly ``timestamp``; ``NoSavepointError`` when none."""
         run_id = validate.run_id(run_id)
-        timestamp, entities, _versions = self._load(run_id, validate.timestamp(timestamp))
-        return Savepoint(timestamp, entities)
+        return self._load(run_id, validate.timestamp(timestamp), _savepoint)
 
     def load_savepoint(self, run_id: str, timestamp: int | None = None) -> StoredSavepoint:
         """The savepoint at ``timestamp`` (the latest when None), with each state's version.
@@ -512,7 +527,8 @@ class Storage(ABC):
         this handle's base for :meth:`save_changes`.
         """
         run_id = validate.run_id(run_id)
-        return self._load(run_id, None if timestamp is None else validate.timestamp(timestamp))
+        at = None if timestamp is None else validate.timestamp(timestamp)
+        return self._load(run_id, at, _stored_savepoint)
 
     def list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         """Every savepoint of the run, ascending by timestamp (empty for an unknown run)."""
@@ -682,19 +698,28 @@ class Storage(ABC):
             max_savepoint_bytes=self.max_savepoint_bytes,
         )
 
-    def _load(self, run_id: str, timestamp: int | None) -> StoredSavepoint:
-        manifest, packs = self._read_checked(run_id, timestamp)
-        codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
-        # A resumed run saves next: base that save on what it loaded.
-        keep_base = timestamp is None
-        entities, base = layout.decode_states(run_id, manifest, packs, codec, keep_base=keep_base)
-        if base is not None:
-            self._remember_base(run_id, base)
-        if isinstance(manifest, layout.Manifest):
-            versions = manifest.versions()
-        else:
-            versions = [1] * len(entities)
-        return StoredSavepoint(manifest.timestamp, entities, versions)
+    def _load(
+        self,
+        run_id: str,
+        timestamp: int | None,
+        build: Callable[[layout.Manifest | layout.ManifestV1, list[tuple[str, Any]]], _T],
+    ) -> _T:
+        """A decoded savepoint, as ``build(manifest, entities)`` makes it.
+
+        The collector stays paused until the result is built: every object made here is
+        part of it, not garbage (see :mod:`statestore.collector`).
+        """
+        with collector.paused():
+            manifest, packs = self._read_checked(run_id, timestamp)
+            codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
+            # A resumed run saves next: base that save on what it loaded.
+            keep_base = timestamp is None
+            entities, base = layout.decode_states(
+                run_id, manifest, packs, codec, keep_base=keep_base
+            )
+            if base is not None:
+                self._remember_base(run_id, base)
+            return build(manifest, entities)
 
     @contextlib.contextmanager
     def _boundary(self, run_id: str | None = None, timestamp: int | None = None) -> Iterator[None]:

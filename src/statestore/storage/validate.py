@@ -74,7 +74,7 @@ def entities(value: Any, run: str) -> tuple[list[str], list[Any]]:
     # The common case, checked in bulk (C loops, not Python ones): pairs with str ids,
     # no duplicates, valid Unicode. Anything else goes to the item-by-item check below,
     # which names the first bad entity.
-    if all(type(item) is tuple and len(item) == 2 for item in items):
+    if set(map(type, items)) <= {tuple} and set(map(len, items)) <= {2}:
         ids = [item[0] for item in items]
         if all(type(entity_id) is str for entity_id in ids) and len(set(ids)) == len(ids):
             try:

@@ -152,19 +152,34 @@ class Manifest:
         return [by_pack[pack] for pack in self.pack_index]
 
 
-@dataclass(frozen=True)
 class ReuseBase:
     """A savepoint of a run, as the next save compares against it.
 
     ``position[entity_id]`` is the entity's row in the manifest's columns, and
     ``hashes[row]`` the :func:`fingerprint` of its encoding: no state's bytes are kept.
-    ``live[pack]`` is the bytes of the pack's states that some entity still uses.
+    :attr:`live` (per pack, the bytes of its states some entity still uses) is counted
+    when a change set first needs it, or handed over by the save that made it.
     """
 
-    manifest: Manifest
-    position: dict[str, int]
-    hashes: list[int]
-    live: list[int]
+    __slots__ = ("_live", "hashes", "manifest", "position")
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        position: dict[str, int],
+        hashes: list[int],
+        live: list[int] | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.position = position
+        self.hashes = hashes
+        self._live = live
+
+    @property
+    def live(self) -> list[int]:
+        if self._live is None:
+            self._live = self.manifest.live_bytes()
+        return self._live
 
     @property
     def timestamp(self) -> int:

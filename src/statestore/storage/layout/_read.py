@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgpack
 import zstandard
@@ -194,8 +195,12 @@ def _decode_pack(
     return values
 
 
-def _slices(manifest: Manifest, bodies: Mapping[int, memoryview]) -> list[memoryview]:
+def _slices(manifest: Manifest, bodies: Mapping[int, memoryview]) -> Iterable[memoryview]:
     """Each entity's codec bytes, as views into the verified bodies (bounds checked)."""
+    if len(bodies) == 1:  # the common case, in C: every entity is in one pack
+        (body,) = bodies.values()
+        ends = map(operator.add, manifest.offsets, manifest.lengths)
+        return map(body.__getitem__, map(slice, manifest.offsets, ends))
     return [
         bodies[pack][offset : offset + length]
         for pack, offset, length in zip(
@@ -215,7 +220,7 @@ def extract_states(
     if isinstance(manifest, ManifestV1):
         raws = _v1.extract(manifest, packs, lambda why: corrupt(run_id, manifest.timestamp, why))
     else:
-        raws = _slices(manifest, _pack_bodies(run_id, manifest, packs))
+        raws = list(_slices(manifest, _pack_bodies(run_id, manifest, packs)))
     return [(entity_id, bytes(raw)) for entity_id, raw in zip(manifest.ids, raws, strict=True)]
 
 
@@ -291,6 +296,6 @@ def decode_states(
         entities = list(zip(manifest.ids, states, strict=True))
         if not keep_base:
             return entities, None
-        hashes = list(map(fingerprint, _slices(manifest, bodies)))
+        hashes = list(map(fingerprint, _slices(manifest, bodies)))  # see ReuseBase
         position = dict(zip(manifest.ids, range(len(manifest.ids)), strict=True))
-        return entities, ReuseBase(manifest, position, hashes, manifest.live_bytes())
+        return entities, ReuseBase(manifest, position, hashes)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -347,17 +347,24 @@ def check(m: Manifest) -> str | None:
         return None
     if max(m.pack_index) >= len(packs):
         return "has a bad pack column"
-    counts, raws = m.pack_counts, m.pack_raw
-    if not all(map(operator.lt, m.indexes, [counts[p] for p in m.pack_index])):
-        return "has a bad index column"
     if max(m.lengths) > MAX_STATE_BYTES:
         return "has a bad length column"
-    ends = map(operator.add, m.offsets, m.lengths)
-    if not all(map(operator.le, ends, [raws[p] for p in m.pack_index])):
+    ends = list(map(operator.add, m.offsets, m.lengths))
+    if len(packs) == 1:  # the common case, in C: every entity is in pack 0
+        counts: Iterable[int] = itertools.repeat(m.pack_counts[0])
+        raws: Iterable[int] = itertools.repeat(m.pack_raw[0])
+        slots: Iterable[int] = m.indexes
+    else:
+        counts = map(m.pack_counts.__getitem__, m.pack_index)
+        raws = map(m.pack_raw.__getitem__, m.pack_index)
+        tagged = map(operator.mul, m.pack_index, itertools.repeat(1 << 32))
+        slots = map(operator.add, tagged, m.indexes)
+    if not all(map(operator.lt, m.indexes, counts)):
+        return "has a bad index column"
+    if not all(map(operator.le, ends, raws)):
         return "points past the end of a pack"
     # Two entities never share one stored state: their decoded values would be one
     # object, and one entity's change would show in the other.
-    slots = map(operator.add, map(operator.mul, m.pack_index, itertools.repeat(1 << 32)), m.indexes)
     if len(set(slots)) != len(ids):
         return "names one stored state for two entities"
     return None

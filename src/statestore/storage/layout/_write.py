@@ -99,9 +99,9 @@ def encode_states(
     codec: Codec, ids: Sequence[str], states: Sequence[object], run_id: str
 ) -> list[bytes]:
     """Encode every state; on a failure, name the first entity the codec refuses."""
-    encode = codec.encode
+    encode_many = getattr(codec, "encode_many", None)  # a codec's bulk path, if it has one
     try:
-        encoded = [encode(state) for state in states]  # the hot path: one tight loop
+        encoded = encode_many(states) if encode_many else list(map(codec.encode, states))
     except EncodeError:
         encoded = []
     if len(encoded) != len(states) or max(map(len, encoded), default=0) > MAX_STATE_BYTES:
@@ -215,9 +215,9 @@ def _record(
     new: _NewPacks,
     *,
     live: list[int] | None = None,
-) -> tuple[SavepointRecord, Manifest, list[int]]:
-    """The record of a savepoint that ``delta`` makes of ``base``, its manifest, and
-    the live bytes of each of its packs."""
+) -> tuple[SavepointRecord, Manifest]:
+    """The record of a savepoint that ``delta`` makes of ``base``, and its manifest;
+    ``live``, when known, says which packs are in use (else they are counted)."""
     table = encode_table(delta)
     name = new_blob_name(timestamp)
     manifest = apply(
@@ -227,9 +227,8 @@ def _record(
         codec=codec.name,
         table=(name, len(table), zlib.crc32(table)),
     )
-    if live is None:
-        live = manifest.live_bytes()
-    refs = (*manifest.tables, *(manifest.packs[p] for p, size in enumerate(live) if size))
+    used = manifest.live_packs() if live is None else [p for p, size in enumerate(live) if size]
+    refs = (*manifest.tables, *(manifest.packs[p] for p in used))
     record = SavepointRecord(
         timestamp=timestamp,
         manifest=seal_manifest(encode_head(manifest)),
@@ -238,7 +237,7 @@ def _record(
         entity_count=len(manifest.ids),
         states_written=len(new.rows.pack),
     )
-    return record, manifest, live
+    return record, manifest
 
 
 def _full_delta(
@@ -383,13 +382,13 @@ def build_record(
             timestamp, codec, ids, rows, fresh_states, base=m, version=state_version
         )
         m = None
-    record, manifest, live = _record(timestamp, codec, m, delta, new)
+    record, manifest = _record(timestamp, codec, m, delta, new)
     position = (
         base.position
         if base is not None and manifest.ids is base.manifest.ids
         else dict(zip(manifest.ids, range(len(manifest.ids)), strict=True))
     )
-    return record, ReuseBase(manifest, position, hashes, live)
+    return record, ReuseBase(manifest, position, hashes)
 
 
 def _columns(rows: list[tuple[int, int, int, int]]) -> tuple[list[int], ...]:
@@ -462,7 +461,8 @@ def build_changes(
     wrapped = not getattr(codec, "msgpack_native", False)
     fresh = [encoded[at] for at in moved_at + added_at]
     new = _pack_states(timestamp, fresh, len(m.packs), wrapped=wrapped, version=state_version)
-    live = base.live + [0] * len(new.packs.names)
+    live: list[int] | None = base.live + [0] * len(new.packs.names)
+    assert live is not None
     for row in moved + removed:
         live[m.pack_index[row]] -= m.lengths[row]
     for pack, length in zip(new.rows.pack, new.rows.length, strict=True):
@@ -488,9 +488,10 @@ def build_changes(
         full, _ = _full_delta(
             timestamp, codec, whole.ids, rows, [], base=whole, version=state_version
         )
-        record, manifest, live = _record(timestamp, codec, None, full, new)
+        record, manifest = _record(timestamp, codec, None, full, new)
+        live = None  # the full table numbers its packs anew
     else:
-        record, manifest, live = _record(timestamp, codec, m, delta, new, live=live)
+        record, manifest = _record(timestamp, codec, m, delta, new, live=live)
     new_hashes = b_hashes[:]
     for row, at in zip(moved, moved_at, strict=True):
         new_hashes[row] = hashes[at]
