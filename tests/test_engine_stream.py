@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -43,7 +43,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Storage]:
 
 
 class CountingCodec(SafeCodec):
-    """The safe codec, counting its encode calls."""
+    """The safe codec, counting the states it encodes (one by one or in bulk)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,6 +52,11 @@ class CountingCodec(SafeCodec):
     def encode(self, value: object) -> bytes:
         self.encodes += 1
         return super().encode(value)
+
+    def encode_many(self, values: Iterable[object]) -> list[bytes]:
+        values = list(values)
+        self.encodes += len(values)
+        return [SafeCodec.encode(self, value) for value in values]
 
 
 class FailingStorage(MemoryStorage):

@@ -438,19 +438,21 @@ class StateStore:
         return True
 
     def _encode_all(self, entities: list[Entity]) -> list[EncodedState]:
-        """Every entity's state encoded, in one tight loop; nothing changes on a refusal."""
-        encode = self.storage.codec.encode
+        """Every entity's state encoded, in bulk; nothing changes on a refusal."""
+        codec = self.storage.codec
+        encode_many = getattr(codec, "encode_many", None)  # the codec's bulk path, if any
+        states = [entity.state for entity in entities]
         try:
-            # EncodedState marks the bytes as the codec's own (what encode_state returns),
-            # so the storage need not decode them again to check them.
-            encoded = [EncodedState(encode(entity.state)) for entity in entities]
+            plain = encode_many(states) if encode_many else list(map(codec.encode, states))
         except EncodeError:
-            encoded = []
-        if len(encoded) != len(entities) or max(map(len, encoded), default=0) > MAX_STATE_BYTES:
+            plain = []
+        if len(plain) != len(entities) or max(map(len, plain), default=0) > MAX_STATE_BYTES:
             # The slow path, only to raise the error that names the entity.
             for entity in entities:
                 self.storage.encode_state(self.run_id, entity.id, entity.state)
-        return encoded
+        # Marked as the codec's own bytes (what encode_state returns), so the storage
+        # need not decode them again to check them.
+        return list(map(EncodedState, plain))
 
     # ---------------------------------------------------------------- entities come and go
 
