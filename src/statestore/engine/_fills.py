@@ -220,6 +220,7 @@ class Fills:
 
     def finish(self, timestamp: int) -> None:
         """Mark every savepoint up to ``timestamp`` finished and forget what only they held."""
+        segments_pending = self.reached > self.done  # else no member holds a segment
         self.done = max(self.done, timestamp)
         if self._column is not None:
             if self._column[0] <= self.done:
@@ -233,6 +234,8 @@ class Fills:
                 for entity_id, left in self._pending_left.items()
                 if left > self.done
             }
+        if not segments_pending:
+            return
         for member in self._order:
             segments = member.segments
             while segments and segments[0][0] <= self.done:
