@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from .. import collector
@@ -297,7 +297,7 @@ class StateStore:
             generation = self._generation
             needed = upto is not None and upto > fills.filled_to(entity_id)
         # Encode outside the lock: other entities' saves need not wait for a big state.
-        data = self.storage.encode_state(self.run_id, entity_id, state) if needed else b""
+        data = self._encode_one(entity_id, state) if needed else b""
         with self._lock:
             if generation != self._generation:
                 return  # the run was started again meanwhile; this save belongs to the old
@@ -437,6 +437,17 @@ class StateStore:
         self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
         return True
 
+    def _encode_one(self, entity_id: str, state: Any) -> bytes:
+        """One state encoded as ``storage.encode_state`` does it, without checking the
+        run id again on every acknowledgement."""
+        try:
+            data = self.storage.codec.encode(state)
+        except EncodeError:
+            data = b""
+        if not data or len(data) > MAX_STATE_BYTES:  # no codec encodes a value to nothing
+            return self.storage.encode_state(self.run_id, entity_id, state)  # names it
+        return EncodedState(data)
+
     def _encode_all(self, entities: list[Entity]) -> list[EncodedState]:
         """Every entity's state encoded, in bulk; nothing changes on a refusal."""
         codec = self.storage.codec
@@ -551,6 +562,16 @@ class StateStore:
             # Retention would delete all but the newest of these at once: skip writing them.
             fills.finish(complete[max(len(complete) - self.keep_savepoints, 0)] - self.schedule)
             complete = complete[-self.keep_savepoints :]
+        # The entity lists built here live until written (see ack_processed_time).
+        with collector.paused():
+            self._write(fills, complete)
+        if self._retention_hold is not None and fills.done >= self._retention_hold:
+            self._retention_hold = None
+        if self._retention_hold is None:
+            self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
+
+    def _write(self, fills: Fills, complete: Sequence[int]) -> None:
+        """Write the complete savepoints, ascending, each as its members filled it."""
         for timestamp in complete:
             states = fills.states_at(timestamp)
             if not states:
@@ -572,10 +593,6 @@ class StateStore:
                 raise
             fills.finish(timestamp)
             self._persisted(timestamp)
-        if self._retention_hold is not None and fills.done >= self._retention_hold:
-            self._retention_hold = None
-        if self._retention_hold is None:
-            self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
 
 
 def _advance(entities: list[Entity], timestamp: int) -> None:
