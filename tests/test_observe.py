@@ -184,6 +184,8 @@ def test_every_operation_gets_a_span_with_its_duration(
     }
     assert durations == dict.fromkeys(names, 1)
     assert telemetry.count("statestore.restore.duration") == 1  # get_savepoint
+    (read,) = telemetry.spans("read_encoded_savepoint")
+    assert attributes(read)["statestore.savepoint.timestamp"] == 60_000
 
 
 def test_an_error_is_recorded_on_the_span_and_the_duration(
@@ -234,6 +236,7 @@ def test_a_prune_counts_the_savepoints_and_the_bytes_it_freed(
     assert telemetry.total("statestore.prune.freed") == plan.bytes_freed
     (span,) = telemetry.spans("delete_old_savepoints")[-1:]
     assert attributes(span)["statestore.prune.savepoints"] == 2
+    assert "statestore.savepoint.timestamp" not in attributes(span)  # keep_n is no timestamp
 
 
 def test_a_resume_past_a_damaged_savepoint_counts_the_fallback(

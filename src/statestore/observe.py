@@ -78,6 +78,8 @@ OPERATIONS: Final = (
 )
 #: The operations that persist a savepoint.
 SAVES: Final = frozenset({"save_savepoint", "save_encoded_savepoint"})
+#: The operations on one savepoint, named by its timestamp (the second argument).
+TIMESTAMPED: Final = SAVES | {"get_savepoint", "describe_savepoint", "read_encoded_savepoint"}
 #: The operations that read and decode a savepoint, as a resume does.
 LOADS: Final = frozenset({"get_latest_savepoint", "get_savepoint"})
 
@@ -164,7 +166,23 @@ class _Telemetry:
         if span.is_recording():
             return True
         provider = self.meter_provider or metrics.get_meter_provider()
-        return type(provider).__name__ not in {"NoOpMeterProvider", "_ProxyMeterProvider"}
+        return type(provider).__name__ not in _NO_PROVIDER
+
+
+#: The API's stand-ins while no SDK is configured (by class name: the proxies are private).
+_NO_PROVIDER = frozenset(
+    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
+)
+
+
+def _listening() -> bool:
+    """Whether a provider is configured; until one is, operations skip the instruments
+    (the API's no-op objects would still cost some 15 µs per operation)."""
+    return (
+        _providers != (None, None)
+        or type(trace.get_tracer_provider()).__name__ not in _NO_PROVIDER
+        or type(metrics.get_meter_provider()).__name__ not in _NO_PROVIDER
+    )
 
 
 def _version() -> str | None:
@@ -231,14 +249,17 @@ def instrument_operations(cls: type) -> None:
 def _observed(operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def observed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _listening():
+            return method(self, *args, **kwargs)
         telemetry = _get()
         run_id = args[0] if args and isinstance(args[0], str) else kwargs.get("run_id")
         attrs = _common(self, operation)
         span_attrs: dict[str, Any] = dict(attrs)
         if isinstance(run_id, str):
             span_attrs["db.collection.name"] = run_id
-        if len(args) > 1 and type(args[1]) is int:
-            span_attrs["statestore.savepoint.timestamp"] = args[1]
+        timestamp = args[1] if len(args) > 1 else kwargs.get("timestamp")
+        if operation in TIMESTAMPED and type(timestamp) is int:
+            span_attrs["statestore.savepoint.timestamp"] = timestamp
         name = f"{operation} {run_id}" if isinstance(run_id, str) else operation
         op = _Operation()
         token = _current.set(op)
