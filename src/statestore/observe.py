@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .errors import StaleWriterError, StateStoreError
+from . import errors
 
 try:
     from opentelemetry import metrics, trace
@@ -41,8 +41,12 @@ else:
 
 __all__ = [
     "AVAILABLE",
+    "LOADS",
     "OPERATIONS",
     "SAVES",
+    "SCOPE",
+    "SYSTEM",
+    "TIMESTAMPED",
     "instrument_operations",
     "record_fallback",
     "record_prune_freed",
@@ -265,9 +269,12 @@ def _observed(operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
         token = _current.set(op)
         start = time.perf_counter()
         with telemetry.tracer.start_as_current_span(
-            name, kind=trace.SpanKind.CLIENT, attributes=span_attrs, record_exception=False,
+            name,
+            kind=trace.SpanKind.CLIENT,
+            attributes=span_attrs,
+            record_exception=False,
             set_status_on_exception=False,
-        ) as span:  # fmt: skip
+        ) as span:
             try:
                 result = method(self, *args, **kwargs)
             except BaseException as exc:
@@ -283,7 +290,9 @@ def _observed(operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
             elapsed = time.perf_counter() - start
             _current.reset(token)
             telemetry.duration.record(elapsed, attrs)
-            _succeeded(telemetry, _Done(self, operation, args, op, span, elapsed, attrs))
+            _succeeded(telemetry, operation, op, span, elapsed=elapsed, attrs=attrs)
+            if op.record is not None and isinstance(run_id, str):  # what the save wrote
+                _record_save(telemetry, self, run_id, op.record, span=span, attrs=attrs)
             return result
 
     observed.__statestore_observed__ = True  # type: ignore[attr-defined]
@@ -296,41 +305,41 @@ def _failed(
     if operation in SAVES:
         telemetry.failed.add(1, error)
         telemetry.save_duration.record(elapsed, error)
-        if isinstance(exc, StaleWriterError):
+        if isinstance(exc, errors.StaleWriterError):
             telemetry.stale.add(1, error)
     elif operation in LOADS:
         telemetry.restore.record(elapsed, error)
 
 
-@dataclass(frozen=True)
-class _Done:
-    """One operation that returned, with what is known about it."""
-
-    storage: Any
-    operation: str
-    args: tuple[Any, ...]
-    op: _Operation
-    span: Any
-    elapsed: float
-    attrs: dict[str, str]
-
-
-def _succeeded(telemetry: _Telemetry, done: _Done) -> None:
-    storage, operation, args, op, span, elapsed, attrs = (
-        done.storage, done.operation, done.args, done.op, done.span, done.elapsed, done.attrs,
-    )  # fmt: skip
+def _succeeded(
+    telemetry: _Telemetry,
+    operation: str,
+    op: _Operation,
+    span: Any,
+    *,
+    elapsed: float,
+    attrs: dict[str, str],
+) -> None:
     if operation in LOADS:
         telemetry.restore.record(elapsed, attrs)
     if op.deleted:
         telemetry.pruned.add(op.deleted, attrs)
         span.set_attribute("statestore.prune.savepoints", op.deleted)
-    if operation not in SAVES:
-        return
-    telemetry.completed.add(1, attrs)
-    telemetry.save_duration.record(elapsed, attrs)
-    record = op.record
-    if record is None:  # a backend whose _commit is not watched: nothing more is known
-        return
+    if operation in SAVES:
+        telemetry.completed.add(1, attrs)
+        telemetry.save_duration.record(elapsed, attrs)
+
+
+def _record_save(
+    telemetry: _Telemetry,
+    storage: Any,
+    run_id: str,
+    record: Any,
+    *,
+    span: Any,
+    attrs: dict[str, str],
+) -> None:
+    """What the committed ``record`` of a save says: sizes, entities, states reused."""
     facts = {
         "statestore.savepoint.size": record.size,
         "statestore.savepoint.entities": record.entity_count,
@@ -344,12 +353,12 @@ def _succeeded(telemetry: _Telemetry, done: _Done) -> None:
     if isinstance(written, int) and isinstance(reused, int):
         telemetry.states_written.add(written, attrs)
         telemetry.states_reused.add(reused, attrs)
-        facts.update({"statestore.savepoint.states.written": written,
-                      "statestore.savepoint.states.reused": reused})  # fmt: skip
+        facts["statestore.savepoint.states.written"] = written
+        facts["statestore.savepoint.states.reused"] = reused
     if telemetry.recording(span):
         # The full size needs the sizes of the earlier packs an incremental savepoint
         # refers to: one manifest read, only when someone listens.
-        described = _describe(storage, args[0], record.timestamp)
+        described = _describe(storage, run_id, record.timestamp)
         if described is not None:
             full = described.manifest_size + sum(described.packs.values())
             telemetry.full_size.record(full, attrs)
@@ -363,7 +372,7 @@ def _describe(storage: Any, run_id: str, timestamp: int) -> Any:
     token = _current.set(None)
     try:
         return describe(storage, run_id, timestamp) if describe else None
-    except StateStoreError:
+    except errors.StateStoreError:
         return None  # pruned or replaced by another writer meanwhile: no figure
     finally:
         _current.reset(token)
