@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +216,33 @@ def test_serve_needs_a_store_that_exists(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no store at" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_run_page_lists_the_biggest_size_changes(client: TestClient) -> None:
+    html = get(client, "/run", run=DIFF_RUN)
+    changes = {re.search(r"<td>(\w+)</td>", row).group(1): row for row in rows(html, "changes")}  # type: ignore[union-attr]
+    assert set(changes) == {"c", "d"}  # "b" changed value, not size
+    assert re.search(r"<td>-</td><td>\d+ B</td>", changes["d"])  # added: no size before
+    assert re.search(r"<td>\d+ B</td><td>-</td>", changes["c"])  # removed: none after
+
+
+def test_serve_refuses_a_bad_port_and_says_what_it_needs(store_url: str) -> None:
+    result = run_cli("serve", "--url", store_url, "--port", "70000")
+    assert result.returncode == 2
+    assert "--port must be 1 to 65535" in result.stderr
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('uvicorn', 'starlette'):\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from statestore.cli import main\n"
+        f"sys.exit(main(['serve', '--url', {store_url!r}]))\n"
+    )
+    blocked = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert blocked.returncode == 1
+    assert "pip install 'statestore[web]'" in blocked.stderr
+    assert "Traceback" not in blocked.stderr

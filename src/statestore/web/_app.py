@@ -27,13 +27,15 @@ from ..errors import (
     StateStoreError,
 )
 from ..storage import EncodedSavepoint, Storage, validate
-from ._data import Diff, VerifyCache, diff_savepoints
+from ._data import Diff, VerifyCache, diff_savepoints, size_changes
 from ._html import Html, bar_chart, join, link, page, render_state, table, tag
 
 __all__ = ["LOOPBACK_HOSTS", "PAGE_SIZE", "create_app"]
 
 #: Rows of entities on one page of a savepoint or a diff.
 PAGE_SIZE = 50
+#: Entities in a run's lists of the biggest and the most grown.
+TOP = 10
 #: Savepoints in a run's chart and on one page of its timeline.
 TIMELINE_SIZE = 60
 #: Host header values always accepted: this machine's own names.
@@ -115,7 +117,7 @@ class _Pages:
 
     def run(self, request: Request) -> tuple[str, Html]:
         run_id = self._run_id(request)
-        stats = ops.run_stats(self.storage, run_id)
+        stats = ops.run_stats(self.storage, run_id, top=TOP)
         savepoints = stats.savepoints
         if not savepoints:
             return f"Run {run_id}", tag("p", "This run has no savepoint yet.", class_="muted")
@@ -183,6 +185,7 @@ class _Pages:
             self._diff_form(run_id, newest_first),
             tag("h2", "Biggest entities (latest savepoint)"),
             biggest,
+            self._size_changes(run_id, savepoints),
         )
 
     def savepoint(self, request: Request) -> tuple[str, Html]:
@@ -330,6 +333,31 @@ class _Pages:
             except StateStoreError as exc:
                 shown.append(tag("span", str(exc), class_="bad"))
         return shown
+
+    def _size_changes(self, run_id: str, savepoints: Sequence[Any]) -> Html:
+        """The entities whose size changed most since the savepoint before the latest."""
+        if len(savepoints) < 2:
+            return Html("")
+        old_ts, new_ts = savepoints[-2].timestamp, savepoints[-1].timestamp
+        try:
+            changes = size_changes(self.storage, run_id, old_ts, new_ts, TOP)
+        except NoSavepointError:
+            return Html("")  # pruned since the listing: nothing to compare
+        rows = [
+            [
+                c.entity_id,
+                "-" if c.before is None else format_size(c.before),
+                "-" if c.after is None else format_size(c.after),
+                f"{c.change:+,} B",
+            ]
+            for c in changes
+        ]
+        return join(
+            tag("h2", "Biggest size changes (latest savepoint against the one before)"),
+            table(["entity", f"at {old_ts}", f"at {new_ts}", "change"], rows, id="changes")
+            if rows
+            else tag("p", "No entity changed size.", class_="muted"),
+        )
 
     def _diff_form(self, run_id: str, newest_first: list[Any]) -> Html:
         choices = [s.timestamp for s in newest_first[:500]]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .. import ops
 from ..storage import EncodedSavepoint, Storage
 
-__all__ = ["Diff", "VerifyCache", "diff_savepoints"]
+__all__ = ["Diff", "SizeChange", "VerifyCache", "diff_savepoints", "size_changes"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,38 @@ def diff_savepoints(old: EncodedSavepoint, new: EncodedSavepoint) -> Diff:
     ]
     unchanged = len(after) - len(added) - len(changed)
     return Diff(added, removed, changed, unchanged)
+
+
+@dataclass(frozen=True)
+class SizeChange:
+    """One entity's encoded size in two savepoints (None where it is absent)."""
+
+    entity_id: str
+    before: int | None
+    after: int | None
+
+    @property
+    def change(self) -> int:
+        return (self.after or 0) - (self.before or 0)
+
+
+def size_changes(
+    storage: Storage, run_id: str, old_ts: int, new_ts: int, top: int
+) -> list[SizeChange]:
+    """The ``top`` entities whose encoded size changed most from ``old_ts`` to ``new_ts``.
+
+    From the two manifests alone (:meth:`Storage.describe_savepoint`): no state is read.
+    """
+    before = {
+        s.entity_id: s.encoded_size for s in storage.describe_savepoint(run_id, old_ts).states
+    }
+    after = {s.entity_id: s.encoded_size for s in storage.describe_savepoint(run_id, new_ts).states}
+    changes = [
+        SizeChange(entity_id, before.get(entity_id), after.get(entity_id))
+        for entity_id in dict.fromkeys([*after, *before])
+        if before.get(entity_id) != after.get(entity_id)
+    ]
+    return sorted(changes, key=lambda c: (-abs(c.change), c.entity_id))[:top]
 
 
 @dataclass(frozen=True)
