@@ -144,6 +144,9 @@ def test_verify_is_cached_until_asked_again(tmp_path: Path) -> None:
         assert "240000" in fresh
         (fleet,) = [row for row in rows(get(client, "/"), "runs") if ">sensor-fleet<" in row]
         assert ">damaged<" in fleet
+        damaged = get(client, "/savepoint", 500, run="sensor-fleet", ts=240_000)
+        assert "Damaged" in damaged
+        assert "sensor-fleet" in damaged
         run = get(client, "/verify", run="billing/2024")
         assert "Intact" in run
         assert "run billing/2024" in run
