@@ -23,7 +23,7 @@ from web_support import (
 )
 
 import statestore
-from statestore.web import PAGE_SIZE, create_app
+from statestore.web import PAGE_SIZE, RUNS_SIZE, create_app
 
 LABEL = "sqlite:///web.db"
 
@@ -249,3 +249,19 @@ def test_serve_refuses_a_bad_port_and_says_what_it_needs(store_url: str) -> None
     assert blocked.returncode == 1
     assert "pip install 'statestore[web]'" in blocked.stderr
     assert "Traceback" not in blocked.stderr
+
+
+def test_the_runs_page_is_paginated_and_sizes_only_its_runs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'many.db'}"
+    with statestore.open_storage(url) as storage:
+        for i in range(RUNS_SIZE + 5):
+            storage.init_storage(f"run-{i:03d}")
+        storage.save_savepoint("run-104", 60_000, [("a", 1)])
+        client = TestClient(create_app(storage, store=LABEL), base_url="http://localhost")
+        first = get(client, "/")
+        assert len(rows(first, "runs")) == RUNS_SIZE
+        assert f"page 1 of 2 ({RUNS_SIZE + 5} rows)" in first
+        second = get(client, "/", page=2)
+        listed = rows(second, "runs")
+        assert len(listed) == 5
+        assert '<td class="num">1</td>' in listed[-1]  # run-104: one savepoint

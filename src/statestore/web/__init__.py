@@ -11,6 +11,6 @@ stored string escaped, the store's URL shown with its secrets redacted.
 
 from __future__ import annotations
 
-from ._app import LOOPBACK_HOSTS, PAGE_SIZE, create_app
+from ._app import LOOPBACK_HOSTS, PAGE_SIZE, RUNS_SIZE, create_app
 
-__all__ = ["LOOPBACK_HOSTS", "PAGE_SIZE", "create_app"]
+__all__ = ["LOOPBACK_HOSTS", "PAGE_SIZE", "RUNS_SIZE", "create_app"]

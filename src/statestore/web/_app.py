@@ -30,10 +30,12 @@ from ..storage import EncodedSavepoint, Storage, validate
 from ._data import Diff, VerifyCache, diff_savepoints, size_changes
 from ._html import Html, bar_chart, join, link, page, render_state, table, tag
 
-__all__ = ["LOOPBACK_HOSTS", "PAGE_SIZE", "create_app"]
+__all__ = ["LOOPBACK_HOSTS", "PAGE_SIZE", "RUNS_SIZE", "create_app"]
 
 #: Rows of entities on one page of a savepoint or a diff.
 PAGE_SIZE = 50
+#: Runs on one page of the runs page.
+RUNS_SIZE = 100
 #: Entities in a run's lists of the biggest and the most grown.
 TOP = 10
 #: Savepoints in a run's chart and on one page of its timeline.
@@ -89,6 +91,14 @@ class _Pages:
     # ---------------------------------------------------------------- the pages
 
     def runs(self, request: Request) -> tuple[str, Html]:
+        # Only the runs of this page are summarized: sizing a run reads its manifests.
+        shown, pager = _paginate(self.storage.list_runs(), _page(request), RUNS_SIZE, request)
+        summaries = []
+        for run_id in shown:
+            try:
+                summaries.append(ops.run_summary(self.storage, run_id))
+            except NoSavepointError:
+                continue  # deleted between the listing and the look
         rows = [
             [
                 link(summary.run_id, "/run", run=summary.run_id),
@@ -97,13 +107,14 @@ class _Pages:
                 format_size(summary.size),
                 self._health(summary.run_id, summary.damaged),
             ]
-            for summary in ops.run_summaries(self.storage)
+            for summary in summaries
         ]
         checked = self.verified.get(None)
         return "Runs", join(
             table(["run", "savepoints", "latest (UTC)", "size", "health"], rows, id="runs")
             if rows
             else tag("p", "This store has no run.", class_="muted"),
+            pager,
             tag(
                 "p",
                 link("Verify every run", "/verify"),
