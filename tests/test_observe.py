@@ -273,6 +273,11 @@ def test_engine_status_sums_over_engines_and_leaves_with_them(telemetry: Telemet
     assert telemetry.total("statestore.engine.stalled") == 0
 
 
+def test_every_listed_operation_is_instrumented() -> None:
+    for name in observe.OPERATIONS:
+        assert getattr(getattr(Storage, name), "__statestore_observed__", False), name
+
+
 def test_without_opentelemetry_nothing_is_wrapped_and_saves_work() -> None:
     code = (
         "import sys\n"
