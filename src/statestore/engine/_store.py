@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from .. import observe
 from ..errors import (
     CorruptSavepointError,
     InvalidArgumentError,
@@ -197,6 +198,7 @@ class StateStore:
             except NoSavepointError:
                 continue  # deleted since listed
             except CorruptSavepointError as exc:
+                observe.record_fallback(self.storage)
                 _log.warning(
                     "run %r: skipped corrupt savepoint %d: %s", self.run_id, row.timestamp, exc
                 )
