@@ -34,6 +34,7 @@ class Floor(Subject):
     )
 
     def __init__(self, place: Place) -> None:
+        self._written: int | None = None
         self.directory = place.directory / "floor"
         self.directory.mkdir(exist_ok=True)
 
@@ -47,6 +48,7 @@ class Floor(Subject):
         self, run_id: str, timestamp: int, entities: Entities, changed: Collection[str] | None
     ) -> None:
         data = ormsgpack.packb(entities)
+        self._written = len(data)
         path = self._path(run_id)
         temporary = f"{path}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -73,3 +75,6 @@ class Floor(Subject):
 
     def close(self) -> None:
         pass
+
+    def last_save_bytes(self, run_id: str) -> int | None:
+        return self._written

@@ -192,6 +192,7 @@ class _BlobSQLite(Subject):
     file: ClassVar[str]
 
     def __init__(self, place: Place) -> None:
+        self._written: int | None = None
         self._conn = sqlite3.connect(
             place.directory / self.file, timeout=SQLITE_TIMEOUT, isolation_level=None
         )
@@ -215,10 +216,12 @@ class _BlobSQLite(Subject):
     def save(
         self, run_id: str, timestamp: int, entities: Entities, changed: Collection[str] | None
     ) -> None:
+        data = self.dumps(entities)
         self._conn.execute(
             "INSERT OR REPLACE INTO savepoints (run_id, ts, data) VALUES (?, ?, ?)",
-            (run_id, timestamp, self.dumps(entities)),
+            (run_id, timestamp, data),
         )  # autocommit: one durable transaction per savepoint
+        self._written = len(data)
 
     def load(self, run_id: str) -> Sequence[Any]:
         row = self._conn.execute(
@@ -230,6 +233,9 @@ class _BlobSQLite(Subject):
 
     def close(self) -> None:
         self._conn.close()
+
+    def last_save_bytes(self, run_id: str) -> int | None:
+        return self._written
 
 
 class MsgpackSQLite(_BlobSQLite):

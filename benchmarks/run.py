@@ -31,8 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from .report import Results, markdown, targets, to_json
-from .subjects import SUBJECTS, available_subjects, subject_class
-from .workloads import QUICK, STANDARD, Bench, run_engine, run_w1, run_w2, run_w3, run_w4
+from .subjects import CHANGE_SET_SUBJECTS, SUBJECTS, available_subjects, subject_class
+from .workloads import (
+    QUICK,
+    STANDARD,
+    Bench,
+    run_engine,
+    run_w1,
+    run_w2,
+    run_w3,
+    run_w4,
+    run_w5,
+)
 
 __all__ = ["main"]
 
@@ -44,9 +54,15 @@ WORKLOADS: dict[str, Callable[[Bench], Any]] = {
     "w3": run_w3,
     "w4": run_w4,
     "engine": run_engine,
+    "w5": run_w5,
 }
-#: Subjects run by default: the in-memory backend is not durable, so it is opt-in.
-DEFAULT_SUBJECTS = [name for name in SUBJECTS if name != "statestore-memory"]
+#: Subjects run by default: the in-memory backend is not durable, so it is opt-in; the
+#: change-set subjects join W3 beside their backend's own.
+DEFAULT_SUBJECTS = [
+    name
+    for name in SUBJECTS
+    if name != "statestore-memory" and name not in CHANGE_SET_SUBJECTS.values()
+]
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -61,7 +77,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated, from: {', '.join(SUBJECTS)} (default: all but memory)",
     )
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOADS), help="comma-separated, from: w1,w2,w3,w4,engine"
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, from: {','.join(WORKLOADS)}",
     )
     parser.add_argument("--postgres-url", help="a server to use (schemas are made and dropped)")
     parser.add_argument("--no-postgres", action="store_true", help="leave PostgreSQL out")
@@ -211,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: left out: {why}")
         results = Results(
             meta=_meta(args, postgres_url),
-            subjects=_describe(names),
+            subjects=_describe(
+                names + [CHANGE_SET_SUBJECTS[n] for n in names if n in CHANGE_SET_SUBJECTS]
+            ),
             unavailable=unavailable,
         )
         bench = Bench(names, workdir, sizes, postgres_url, log)

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from .data import Entities
 
 __all__ = [
+    "CHANGE_SET_SUBJECTS",
     "STATESTORE_BACKENDS",
     "SUBJECTS",
     "Place",
@@ -101,6 +102,10 @@ class Subject(ABC):
     def close(self) -> None:
         """Release files and connections."""
 
+    def last_save_bytes(self, run_id: str) -> int | None:
+        """Bytes the run's last save wrote (asked outside the clock); None when unknown."""
+        return None
+
 
 class StatestoreSubject(Subject):
     """statestore's public storage API: ``save_savepoint`` and ``get_latest_savepoint``."""
@@ -133,6 +138,24 @@ class StatestoreSubject(Subject):
     def close(self) -> None:
         self.storage.close()
 
+    def last_save_bytes(self, run_id: str) -> int | None:
+        return self.storage.list_savepoints(run_id)[-1].size
+
+
+class StatestoreChanges(StatestoreSubject):
+    """statestore's change-set API: the first save whole, then ``save_changes`` with the
+    states the workload says changed (the caller knows, as a job that tracks updates)."""
+
+    def save(
+        self, run_id: str, timestamp: int, entities: Entities, changed: Collection[str] | None
+    ) -> None:
+        if changed is None or not self.storage.list_savepoints(run_id):
+            self.storage.save_savepoint(run_id, timestamp, entities)
+            return
+        wanted = set(changed)
+        updates = [(entity_id, state) for entity_id, state in entities if entity_id in wanted]
+        self.storage.save_changes(run_id, timestamp, updates)
+
 
 class StatestoreSQLite(StatestoreSubject):
     name = "statestore-sqlite"
@@ -150,6 +173,16 @@ class StatestoreFile(StatestoreSubject):
 
     def url(self, place: Place) -> str:
         return f"file://{urllib.parse.quote(str(place.directory / 'statestore-files'))}"
+
+
+class StatestoreSQLiteChanges(StatestoreChanges, StatestoreSQLite):
+    name = "statestore-sqlite-changes"
+    about = "statestore, sqlite://, through save_changes (W3's changed states only)"
+
+
+class StatestoreFileChanges(StatestoreChanges, StatestoreFile):
+    name = "statestore-file-changes"
+    about = "statestore, file://, through save_changes (W3's changed states only)"
 
 
 class StatestorePostgres(StatestoreSubject):
@@ -181,6 +214,8 @@ SUBJECTS: dict[str, str] = {
     "statestore-file": "benchmarks.subjects:StatestoreFile",
     "statestore-postgresql": "benchmarks.subjects:StatestorePostgres",
     "statestore-memory": "benchmarks.subjects:StatestoreMemory",
+    "statestore-sqlite-changes": "benchmarks.subjects:StatestoreSQLiteChanges",
+    "statestore-file-changes": "benchmarks.subjects:StatestoreFileChanges",
     "langgraph-sqlite": "benchmarks.peers:LangGraphSQLite",
     "langgraph-postgresql": "benchmarks.peers:LangGraphPostgres",
     "langgraph-sqlite-one-channel": "benchmarks.peers:LangGraphSQLiteOneChannel",
@@ -192,6 +227,11 @@ SUBJECTS: dict[str, str] = {
 
 #: statestore's backends that the targets apply to.
 STATESTORE_BACKENDS = ("statestore-sqlite", "statestore-file", "statestore-postgresql")
+#: The change-set subject of a backend: W3 runs it beside the backend's own.
+CHANGE_SET_SUBJECTS = {
+    "statestore-sqlite": "statestore-sqlite-changes",
+    "statestore-file": "statestore-file-changes",
+}
 
 #: What each subject needs beyond statestore itself: (module to import, how to get it).
 _NEEDS: dict[str, tuple[str, str]] = {

@@ -10,6 +10,9 @@
 * **W4 many runs**: 200 runs saving concurrently from several processes (wall time).
 * **Engine overhead**: ``StateStore`` with 10,000 acknowledging entities against the
   raw ``save_savepoint`` (plus the same retention) of the same states.
+* **W5 rich states**: a whole stream job of 150 entities holding sets, tuples, aware
+  datetimes and ``Decimal``s, a savepoint every hour of event time (see
+  :mod:`benchmarks.rich`).
 
 Every workload starts with an untimed warm-up save, so no subject pays for creating
 its tables or files, opening connections or importing modules inside the clock.
@@ -30,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import rich
 from .data import Entities, encoded_size, full_step, sparse_step
-from .subjects import Place, StatestoreSubject, Subject, make_subject
+from .rich import RichResult
+from .subjects import CHANGE_SET_SUBJECTS, Place, StatestoreSubject, Subject, make_subject
 from .timing import MemoryUse, Series, clock, measure, release, traced
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "run_w2",
     "run_w3",
     "run_w4",
+    "run_w5",
 ]
 
 #: The savepoint grid of every workload: one savepoint a minute of event time.
@@ -78,6 +84,10 @@ class Sizes:
     engine_entities: int = 10_000
     engine_savepoints: int = 20
     engine_keep: int = 3
+    w5_entities: int = 150
+    w5_savepoints: int = 2_000
+    w5_events_per_savepoint: int = 20
+    w5_rounds: int = 3
 
 
 STANDARD = Sizes()
@@ -100,6 +110,8 @@ QUICK = Sizes(
     w4_rounds=1,
     engine_entities=500,
     engine_savepoints=4,
+    w5_savepoints=40,
+    w5_rounds=1,
 )
 
 
@@ -160,10 +172,18 @@ class Bench:
 
 @dataclass
 class Timed:
-    """One workload's series (``"save"``, ``"load"``, ...) and the parameters it ran with."""
+    """One workload's series (``"save"``, ``"load"``, ...) and the parameters it ran with.
+
+    ``written``: the bytes each subject's last timed save wrote (None where unknown).
+    """
 
     params: dict[str, Any]
     series: dict[str, Series]
+    written: dict[str, int | None] = field(default_factory=dict)
+
+
+def _written(subjects: Mapping[str, Subject], run_id: str) -> dict[str, int | None]:
+    return {name: subject.last_save_bytes(run_id) for name, subject in subjects.items()}
 
 
 @dataclass
@@ -213,6 +233,19 @@ def _full_rounds(count: int, steps: range) -> Iterator[tuple[int, Entities, None
         yield step * INTERVAL, full_step(count, step), None
 
 
+def run_w5(bench: Bench) -> RichResult:
+    """W5: the rich-state job on pickle-in-SQLite and statestore's SQLite modes."""
+    sizes = bench.sizes
+    return rich.run_w5(
+        bench.root,
+        airports=sizes.w5_entities,
+        hours=sizes.w5_savepoints,
+        per_hour=sizes.w5_events_per_savepoint,
+        rounds=sizes.w5_rounds,
+        log=bench.log,
+    )
+
+
 def run_w1(bench: Bench) -> Timed:
     """W1: full savepoints of small states, then loading the latest."""
     n, rounds = bench.sizes.w1_entities, bench.sizes.w1_savepoints
@@ -222,11 +255,12 @@ def run_w1(bench: Bench) -> Timed:
             subject.init_run("w1")
         measure(subjects, _full_rounds(n, range(1)), _saver("w1"))  # warm-up
         save = measure(subjects, _full_rounds(n, range(1, rounds + 1)), _saver("w1"))
+        written = _written(subjects, "w1")
         measure(subjects, range(1), _loader("w1"), _expect(n))  # warm-up
         load = measure(subjects, range(bench.sizes.w1_loads), _loader("w1"), _expect(n))
     params = {"entities": n, "savepoints": rounds, "loads": bench.sizes.w1_loads}
     params["bytes"] = encoded_size(full_step(n, 1))
-    return Timed(params, {"save": save, "load": load})
+    return Timed(params, {"save": save, "load": load}, written)
 
 
 def run_w2(bench: Bench) -> list[ScalingPoint]:
@@ -268,7 +302,11 @@ def run_w3(bench: Bench) -> Timed:
         f"W3: {n:,} entities, {sizes.w3_full} full then {sizes.w3_sparse} savepoints "
         f"with {sizes.w3_fraction:.0%} changed"
     )
-    with bench.open("w3", bench.subjects) as subjects:
+    names = bench.subjects + [
+        CHANGE_SET_SUBJECTS[name] for name in bench.subjects if name in CHANGE_SET_SUBJECTS
+    ]
+    changed_bytes = 0
+    with bench.open("w3", names) as subjects:
         for subject in subjects.values():
             subject.init_run("w3")
         measure(subjects, _full_rounds(n, range(1)), _saver("w3"))  # warm-up
@@ -276,17 +314,21 @@ def run_w3(bench: Bench) -> Timed:
         previous = full_step(n, sizes.w3_full)
 
         def sparse_rounds() -> Iterator[tuple[int, Entities, list[str]]]:
-            nonlocal previous
+            nonlocal previous, changed_bytes
             first = sizes.w3_full + 1
             for step in range(first, first + sizes.w3_sparse):
                 previous, changed = sparse_step(previous, step, sizes.w3_fraction)
+                wanted = set(changed)
+                changed_bytes = encoded_size([e for e in previous if e[0] in wanted])
                 yield step * INTERVAL, previous, changed
 
         sparse = measure(subjects, sparse_rounds(), _saver("w3"))
+        written = _written(subjects, "w3")
         load = measure(subjects, range(sizes.w3_loads), _loader("w3"), _expect(n))
     params = {"entities": n, "fraction": sizes.w3_fraction, "full": sizes.w3_full}
     params |= {"sparse": sizes.w3_sparse, "bytes": encoded_size(full_step(n, 1))}
-    return Timed(params, {"full": full, "sparse": sparse, "load": load})
+    params["changed_bytes"] = changed_bytes  # the last sparse save's changed states, encoded
+    return Timed(params, {"full": full, "sparse": sparse, "load": load}, written)
 
 
 # ------------------------------------------------------------------------ W4

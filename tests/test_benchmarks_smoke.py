@@ -44,7 +44,12 @@ def _every_workload_measures_every_subject(results: dict[str, Any]) -> None:
     assert all(len(times) == w1["params"]["loads"] for times in w1["seconds"]["load"].values())
     assert [point["entities"] for point in results["w2"]] == [500, 1_000, 4_000]
     assert set(results["w2"][-1]["memory"]) == set(SUBJECTS)
-    assert set(results["w3"]["seconds"]["sparse"]) == set(SUBJECTS)
+    # W3 runs each backend's change-set subject beside it.
+    assert set(results["w3"]["seconds"]["sparse"]) == {*SUBJECTS, "statestore-sqlite-changes"}
+    assert results["w3"]["bytes_per_save"]["statestore-sqlite-changes"] > 0
+    assert set(results["w5"]["seconds"]["job"]) == {
+        "pickle-sqlite", "statestore-sqlite", "statestore-sqlite-changes",
+    }  # fmt: skip
     # An in-process memory store cannot be shared by W4's processes: left out there.
     assert set(results["w4"]["seconds"]["save"]) == {"statestore-sqlite", "floor"}
     assert set(results["engine"]["seconds"]) == {"statestore-memory", "statestore-sqlite"}
@@ -54,7 +59,7 @@ def _targets_get_a_verdict_with_the_figure(results: dict[str, Any], stdout: str)
     targets = results["targets"]
     sqlite = [t for t in targets if t["subject"] == "statestore-sqlite"]
     measured = {t["workload"] for t in sqlite if t["passed"] is not None}
-    assert measured == {"W1", "W2", "W3", "Engine"}
+    assert measured == {"W1", "W2", "W3", "Engine", "W5"}
     for target in sqlite:
         if target["passed"] is not None:
             verdict = "PASS" if target["passed"] else "MISS"
@@ -66,7 +71,8 @@ def _targets_get_a_verdict_with_the_figure(results: dict[str, Any], stdout: str)
 
 def _report_and_plot_are_written(out: Path) -> None:
     report = (out / "results.md").read_text()
-    for section in ("W1 full savepoints", "W2 large", "W3 sparse change", "W4 many runs"):
+    sections = ("W1 full savepoints", "W2 large", "W3 sparse change", "W4 many runs", "W5 rich")
+    for section in sections:
         assert f"### {section}" in report
     assert "| statestore-sqlite |" in report
     if importlib.util.find_spec("matplotlib") is not None:

@@ -61,7 +61,7 @@ def filled(tmp_path: Path, backend: str) -> str:
 def test_the_commands_are_the_documented_set() -> None:
     assert set(COMMANDS) == {
         "demo", "runs", "savepoints", "show", "stats", "verify", "prune", "delete",
-        "export", "import", "copy", "compact",
+        "export", "import", "copy", "compact", "serve",
     }  # fmt: skip
 
 

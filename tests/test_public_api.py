@@ -22,6 +22,8 @@ PUBLIC_MODULES = [
     "statestore.engine",
     "statestore.ops",
     "statestore.testing",
+    "statestore.observe",
+    "statestore.web",
 ]
 
 

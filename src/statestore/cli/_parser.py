@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from . import demo, inspect, maintain, transfer
+from . import demo, inspect, maintain, serve, transfer
 from ._common import DEFAULT_URL, URL_ENV, Commands
 
 __all__ = ["build_parser"]
@@ -42,4 +42,5 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     inspect.register(commands)
     maintain.register(commands)
     transfer.register(commands)
+    serve.register(commands)
     return parser

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from .. import observe
 from ..errors import CorruptSavepointError, NoSavepointError
 from ..storage import Storage, StoredSavepoint
 from ._entity import Entity
@@ -37,6 +38,7 @@ def read_resume_point(
         except NoSavepointError:
             continue  # deleted since listed
         except CorruptSavepointError as exc:
+            observe.record_fallback(storage)
             _log.warning("run %r: skipped corrupt savepoint %d: %s", run_id, row.timestamp, exc)
             skipped.append(row.timestamp)
             continue

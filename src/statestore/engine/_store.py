@@ -100,7 +100,7 @@ class StateStore:
         # out, so that its watermark can save them all.
         self._entities: dict[str, Entity] = {}
         self._last_persisted: int | None = None
-        self._stalls = StallWatch(self.run_id)
+        self._stalls = StallWatch(self.run_id, self)
         # trust_update_state: the ids removed, with their last savepoint, that the
         # storage's base savepoint may still hold (a change set must leave them out).
         self._removed: dict[str, int] = {}
@@ -231,7 +231,7 @@ class StateStore:
         self._stale = False
         self._retention_hold = retention_hold
         self._last_persisted = loaded
-        self._stalls = StallWatch(self.run_id)
+        self._stalls = StallWatch(self.run_id, self)
         self._removed = {}
         return self._generation
 
@@ -548,19 +548,27 @@ class StateStore:
             self._removed = {i: left for i, left in self._removed.items() if left >= timestamp}
 
     def _persist_complete(self, fills: Fills) -> None:
-        """Persist the savepoints every entity has filled, ascending; then retention."""
-        frontier = fills.frontier()
+        """Persist the savepoints every entity has filled, ascending; then retention.
+
+        Then (even when a write fails) warn of a stall and report the status.
+        """
         if self.schedule is None:
             return
-        self._stalls.check(fills, self.schedule)
+        try:
+            self._persist_filled(fills, self.schedule)
+        finally:
+            self._stalls.check(fills, self.schedule)
+
+    def _persist_filled(self, fills: Fills, schedule: int) -> None:
+        frontier = fills.frontier()
         if frontier <= fills.done:
             return
-        complete = unreached_savepoints(self.schedule, fills.done, frontier)
+        complete = unreached_savepoints(schedule, fills.done, frontier)
         if not complete:
             return
         if self._retention_hold is None:
             # Retention would delete all but the newest of these at once: skip writing them.
-            fills.finish(complete[max(len(complete) - self.keep_savepoints, 0)] - self.schedule)
+            fills.finish(complete[max(len(complete) - self.keep_savepoints, 0)] - schedule)
             complete = complete[-self.keep_savepoints :]
         # The entity lists built here live until written (see ack_processed_time).
         with collector.paused():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import observe
 from ..errors import CorruptSavepointError, NoSavepointError
 from ..storage import Storage, validate
 from ._common import require_run, savepoint_data_size
@@ -64,3 +65,4 @@ def apply_prune(storage: Storage, plan: PrunePlan) -> None:
     deletes a savepoint newer than one it keeps.
     """
     storage.delete_old_savepoints(plan.run_id, plan.keep_n)
+    observe.record_prune_freed(storage, plan.bytes_freed)

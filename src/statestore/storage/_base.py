@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
-from .. import collector
+from .. import collector, observe
 from ..codecs import Codec, SafeCodec
 from ..errors import (
     BackendError,
@@ -209,6 +209,11 @@ class Storage(ABC):
     #: Driver exceptions this backend lets escape its primitives; translated to
     #: :class:`~statestore.errors.BackendError` in one place (:meth:`_boundary`).
     driver_errors: tuple[type[BaseException], ...] = (OSError,)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Metrics of what each save wrote and each prune deleted (statestore.observe).
+        observe.watch_primitives(cls)
 
     def __init__(self, codec: Codec | None = None) -> None:
         self.codec: Codec = codec if codec is not None else SafeCodec()
@@ -877,3 +882,7 @@ class Storage(ABC):
         store that is not a set of local files. Files that vanish while being counted
         (a concurrent prune) count as 0."""
         return None
+
+
+# A span and metrics around each public operation; nothing at all without OpenTelemetry.
+observe.instrument_operations(Storage)
