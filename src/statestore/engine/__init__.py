@@ -19,8 +19,9 @@ entity's next savepoint until that savepoint is acknowledged.
 
 Modules: ``_store.py`` (:class:`StateStore`: starting, the watermark, membership,
 persisting), ``_entity.py`` (:class:`Entity`), ``_fills.py`` (which member filled which
-savepoint, no I/O), ``_resume.py`` (the savepoint to resume from), ``_status.py``
-(:class:`StoreStatus`, stall warnings), ``_versions.py`` (state versions and upgrades).
+savepoint, no I/O), ``_encode.py`` (states encoded in bulk), ``_resume.py`` (the
+savepoint to resume from), ``_status.py`` (:class:`StoreStatus`, stall warnings),
+``_versions.py`` (state versions and upgrades).
 The decisions where the seed was silent are in ``docs/engine.md``.
 """
 

@@ -8,15 +8,14 @@ from typing import Any, NamedTuple, cast
 
 from .. import collector
 from ..errors import (
-    EncodeError,
     InvalidArgumentError,
     NoSavepointError,
     RunNotInitializedError,
     StaleWriterError,
 )
 from ..schedule import next_savepoint, previous_savepoint, unreached_savepoints
-from ..storage import MAX_STATE_BYTES, Storage, get_config, validate
-from ..storage.layout import EncodedState
+from ..storage import Storage, get_config, validate
+from ._encode import encode_all, encode_one
 from ._entity import Entity
 from ._fills import Fills
 from ._resume import materialize, read_resume_point, warn_if_other_entities
@@ -297,7 +296,7 @@ class StateStore:
             generation = self._generation
             needed = upto is not None and upto > fills.filled_to(entity_id)
         # Encode outside the lock: other entities' saves need not wait for a big state.
-        data = self._encode_one(entity_id, state) if needed else b""
+        data = encode_one(self.storage, self.run_id, entity_id, state) if needed else b""
         with self._lock:
             if generation != self._generation:
                 return  # the run was started again meanwhile; this save belongs to the old
@@ -379,10 +378,12 @@ class StateStore:
                     due = entities
                     if not (self.trust_update_state and self._persist_changes(fills, upto, due)):
                         # Their states go in as one column.
-                        fills.fill_all(upto, self._encode_all(due))
+                        fills.fill_all(upto, encode_all(self.storage, self.run_id, due))
                 else:
                     due = [e for e in entities if cast(int, e.next_savepoint) <= timestamp]
-                    for entity, data in zip(due, self._encode_all(due), strict=True):
+                    for entity, data in zip(
+                        due, encode_all(self.storage, self.run_id, due), strict=True
+                    ):
                         fills.fill(entity.id, upto, data)
                 self._persist_complete(fills)
             following = upto + schedule
@@ -413,7 +414,7 @@ class StateStore:
         if self._retention_hold is not None or any(i in self._entities for i in removed):
             return False
         changed = [e for e in entities if e._dirty]
-        encoded = self._encode_all(changed)
+        encoded = encode_all(self.storage, self.run_id, changed)
         states = list(zip([e.id for e in changed], encoded, strict=True))
         complete = unreached_savepoints(schedule, fills.done, upto)[-self.keep_savepoints :]
         for timestamp in complete:
@@ -436,34 +437,6 @@ class StateStore:
             self._persisted(timestamp)
         self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
         return True
-
-    def _encode_one(self, entity_id: str, state: Any) -> bytes:
-        """One state encoded as ``storage.encode_state`` does it, without checking the
-        run id again on every acknowledgement."""
-        try:
-            data = self.storage.codec.encode(state)
-        except EncodeError:
-            data = b""
-        if not data or len(data) > MAX_STATE_BYTES:  # no codec encodes a value to nothing
-            return self.storage.encode_state(self.run_id, entity_id, state)  # names it
-        return EncodedState(data)
-
-    def _encode_all(self, entities: list[Entity]) -> list[EncodedState]:
-        """Every entity's state encoded, in bulk; nothing changes on a refusal."""
-        codec = self.storage.codec
-        encode_many = getattr(codec, "encode_many", None)  # the codec's bulk path, if any
-        states = [entity.state for entity in entities]
-        try:
-            plain = encode_many(states) if encode_many else list(map(codec.encode, states))
-        except EncodeError:
-            plain = []
-        if len(plain) != len(entities) or max(map(len, plain), default=0) > MAX_STATE_BYTES:
-            # The slow path, only to raise the error that names the entity.
-            for entity in entities:
-                self.storage.encode_state(self.run_id, entity.id, entity.state)
-        # Marked as the codec's own bytes (what encode_state returns), so the storage
-        # need not decode them again to check them.
-        return list(map(EncodedState, plain))
 
     # ---------------------------------------------------------------- entities come and go
 
@@ -533,7 +506,7 @@ class StateStore:
             if self.schedule is not None:
                 left = timestamp // self.schedule * self.schedule
                 if left > fills.filled_to(entity_id):
-                    fills.fill(entity_id, left, self._encode_all([entity])[0])
+                    fills.fill(entity_id, left, encode_all(self.storage, self.run_id, [entity])[0])
             fills.remove(entity_id, left)
             del self._entities[entity_id]
             if self.schedule is not None:
