@@ -525,3 +525,19 @@ def test_the_status_is_reported_to_opentelemetry_as_it_changes() -> None:
         assert gauge("statestore.engine.stalled") == 0
     finally:
         observe.use()
+
+
+def test_a_failed_change_set_leaves_every_entity_as_it_was_and_a_retry_writes_it() -> None:
+    storage = FailingStorage()
+    store = StateStore(RUN, MINUTE, storage=storage, trust_update_state=True)
+    entities = store.init_run_state(0, [("a", 1), ("b", 2)])
+    store.ack_processed_time(MINUTE)  # a whole savepoint: the change sets' base
+    entities[1].update_state(MINUTE + 1, 20)
+    storage.failures = 1
+    before = where(entities)
+    with pytest.raises(BackendError, match="went away"):
+        store.ack_processed_time(2 * MINUTE)
+    assert where(entities) == before
+    assert list(stored(storage)) == [MINUTE]
+    store.ack_processed_time(2 * MINUTE)
+    assert stored(storage)[2 * MINUTE] == [("a", 1), ("b", 20)]
