@@ -7,7 +7,7 @@ boundary a savepoint of every airport's state, keeping the 3 newest. What differ
 how a savepoint is written:
 
 * ``pickle-sqlite``: the peer a user writes by hand: one pickled list into a SQLite row
-  (WAL, ``synchronous=FULL``), older rows deleted;
+  and the rows past the 3 newest deleted, in one transaction (WAL, ``synchronous=FULL``);
 * ``statestore-sqlite``: ``save_savepoint`` with every state (the default: each state
   is encoded to find which changed), then ``delete_old_savepoints``;
 * ``statestore-sqlite-changes``: ``save_changes`` with the states the job updated since
@@ -113,8 +113,10 @@ class _PickleSQLite:
 
     def checkpoint(self, ts: int, entities: list[tuple[str, Any]], updated: set[str]) -> None:
         data = pickle.dumps(entities, protocol=pickle.HIGHEST_PROTOCOL)
-        self.conn.execute("INSERT OR REPLACE INTO savepoints VALUES (?, ?)", (ts, data))
-        self.conn.execute("DELETE FROM savepoints WHERE ts <= ?", (ts - KEEP * HOUR,))
+        with self.conn:  # one durable transaction, as ``with conn:`` gives its users
+            self.conn.execute("BEGIN")
+            self.conn.execute("INSERT OR REPLACE INTO savepoints VALUES (?, ?)", (ts, data))
+            self.conn.execute("DELETE FROM savepoints WHERE ts <= ?", (ts - KEEP * HOUR,))
 
     def close(self) -> None:
         self.conn.close()

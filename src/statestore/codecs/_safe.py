@@ -182,7 +182,23 @@ class SafeCodec:
             return [self.encode(value) for value in values]  # the path that names a failure
 
     def _first_ext(self, value: Any) -> ormsgpack.Ext:
-        """ormsgpack's ``default`` at the top level: ``value`` is one level deep."""
+        """ormsgpack's ``default`` at the top level: ``value`` is one level deep.
+
+        The common cases cost one call: a leaf (a date, a ``Decimal``, ...) is encoded
+        directly, and a tuple or set of plain values in one C call; anything else (an
+        extension inside, a registered type) goes through a :class:`_Writer`, which
+        counts the nesting. Either way the bytes are the same.
+        """
+        cls = type(value)
+        leaf = _LEAF_EXTS.get(cls)
+        if leaf is not None:
+            return leaf(value)
+        code = _SEQUENCE_CODES.get(cls)
+        if code is not None:
+            try:
+                return ormsgpack.Ext(code, ormsgpack.packb(list(value), None, _ORMSGPACK_OPTIONS))
+            except (TypeError, ormsgpack.MsgpackEncodeError):
+                pass  # an element needs the hooks: the writer below
         writer = _Writer(self, fast=True)
         writer.depth = 1
         return writer._ormsgpack_ext(value)
@@ -329,4 +345,77 @@ class _Reader:
             self.depth -= 1
 
     def _ext(self, code: int, payload: bytes) -> Any:
+        leaf = _LEAF_VALUES.get(code)  # a leaf holds no extension: decoded in one call
+        if leaf is not None:
+            return leaf(payload)
         return self.codec._from_ext(code, payload, self.unpack)
+
+
+# -- leaves: values whose encoding holds no other extension record -------------------
+#
+# Written and read by these functions in one step each, without the nesting count a
+# container needs; they give exactly the bytes (and values) of the general path in
+# SafeCodec._ext_payload / _from_ext, which still handles them inside containers.
+
+
+def _datetime_ext(value: dt.datetime) -> ormsgpack.Ext:
+    fields = [value.year, value.month, value.day, value.hour, value.minute, value.second]
+    fields += [value.microsecond, value.fold, _encode_tz(value.tzinfo, value)]
+    return ormsgpack.Ext(_DATETIME, ormsgpack.packb(fields))
+
+
+def _date_ext(value: dt.date) -> ormsgpack.Ext:
+    return ormsgpack.Ext(_DATE, ormsgpack.packb([value.year, value.month, value.day]))
+
+
+def _time_ext(value: dt.time) -> ormsgpack.Ext:
+    fields = [value.hour, value.minute, value.second, value.microsecond, value.fold]
+    return ormsgpack.Ext(_TIME, ormsgpack.packb([*fields, _encode_tz(value.tzinfo, None)]))
+
+
+def _timedelta_ext(value: dt.timedelta) -> ormsgpack.Ext:
+    return ormsgpack.Ext(
+        _TIMEDELTA, ormsgpack.packb([value.days, value.seconds, value.microseconds])
+    )
+
+
+def _bigint_ext(value: int) -> ormsgpack.Ext:  # only ints past 64 bits reach a hook
+    return ormsgpack.Ext(_BIGINT, value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True))
+
+
+_LEAF_EXTS: dict[type[Any], Callable[[Any], ormsgpack.Ext]] = {
+    dt.datetime: _datetime_ext,
+    dt.date: _date_ext,
+    dt.time: _time_ext,
+    dt.timedelta: _timedelta_ext,
+    Decimal: lambda value: ormsgpack.Ext(_DECIMAL, str(value).encode()),
+    uuid.UUID: lambda value: ormsgpack.Ext(_UUID, value.bytes),
+    int: _bigint_ext,
+}
+_SEQUENCE_CODES: dict[type[Any], int] = {tuple: _TUPLE, set: _SET, frozenset: _FROZENSET}
+
+
+def _datetime_value(payload: bytes) -> dt.datetime:
+    y, mo, d, h, mi, s, us, fold, tz = ormsgpack.unpackb(payload)
+    return dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
+
+
+def _time_value(payload: bytes) -> dt.time:
+    h, mi, s, us, fold, tz = ormsgpack.unpackb(payload)
+    return dt.time(h, mi, s, us, tzinfo=_decode_tz(tz), fold=fold)
+
+
+def _timedelta_value(payload: bytes) -> dt.timedelta:
+    days, seconds, micros = ormsgpack.unpackb(payload)
+    return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+
+
+_LEAF_VALUES: dict[int, Callable[[bytes], Any]] = {
+    _DATETIME: _datetime_value,
+    _DATE: lambda payload: dt.date(*ormsgpack.unpackb(payload)),
+    _TIME: _time_value,
+    _TIMEDELTA: _timedelta_value,
+    _DECIMAL: lambda payload: Decimal(bytes(payload).decode()),
+    _UUID: lambda payload: uuid.UUID(bytes=bytes(payload)),
+    _BIGINT: lambda payload: int.from_bytes(payload, "big", signed=True),
+}

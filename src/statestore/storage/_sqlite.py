@@ -10,7 +10,9 @@ One database file holds every run. Schema (version 1)::
 
 Every write is one ``BEGIN IMMEDIATE`` transaction in WAL mode with
 ``synchronous=FULL``: a commit is on disk before it returns, readers never block the
-writer, and writers of several processes queue on the busy timeout. Foreign keys
+writer, and writers of several processes queue on the busy timeout. The one exception
+is a prune (``_delete_savepoints``), which commits without an fsync of its own: the
+next durable commit carries it to disk, and a power loss before then undoes it whole. Foreign keys
 cascade a dropped run to everything it owns and refuse to free a blob a savepoint
 still refers to. The schema is created by numbered migrations recorded in
 ``PRAGMA user_version``; ``PRAGMA application_id`` marks the file as ours.
@@ -645,16 +647,26 @@ class SQLiteStorage(Storage):
         ]
 
     def _delete_savepoints(self, run_id: str, timestamps: Sequence[int]) -> None:
-        with self._write() as conn:
-            found = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
-            if found is None:
-                return
-            run = found[0]
-            conn.executemany(  # their savepoint_refs rows go with them (cascade)
-                "DELETE FROM savepoints WHERE run = ? AND ts = ?",
-                [(run, timestamp) for timestamp in timestamps],
-            )
-            _collect(conn, run)
+        # A prune commits without an fsync of its own: the WAL is written in order, so the
+        # next durable commit (the run's next save) makes it durable too. Until then a
+        # power loss can only undo it whole: the savepoints it deleted are back, intact.
+        # That is the state before the operation, which the contract allows, and it
+        # spares a retention step after each save its own trip to the disk.
+        conn = self._connection()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._write() as conn:
+                found = conn.execute(_SELECT_RUN, (run_id,)).fetchone()
+                if found is None:
+                    return
+                run = found[0]
+                conn.executemany(  # their savepoint_refs rows go with them (cascade)
+                    "DELETE FROM savepoints WHERE run = ? AND ts = ?",
+                    [(run, timestamp) for timestamp in timestamps],
+                )
+                _collect(conn, run)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
 
     def _compact(self) -> None:
         conn = self._connection()

@@ -47,6 +47,10 @@ MAX_STATE_BYTES = 1 << 30
 MAX_CHAIN = 32
 #: The packs a savepoint points into hold at most this many times its live bytes.
 MAX_READ_AMPLIFICATION = 2.0
+#: A save that finds the bound passed copies live states forward until the packs hold at
+#: most this many times the live bytes: well under the bound, so the saves after it
+#: (change sets above all, which cannot copy without reading) need not copy again soon.
+COMPACTED_AMPLIFICATION = 1.25
 #: The highest state version a savepoint may record.
 MAX_STATE_VERSION = 2**31 - 1
 

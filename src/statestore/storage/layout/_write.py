@@ -15,6 +15,7 @@ import zstandard
 from ...codecs import Codec
 from ...errors import EncodeError, InvalidArgumentError
 from ._format import (
+    COMPACTED_AMPLIFICATION,
     COMPRESS_THRESHOLD,
     FORMAT_VERSION,
     LIMIT_OPTION,
@@ -318,8 +319,12 @@ def _reusable(
     live_total = changed + sum(live[pack] for pack in used)
     referenced = changed + sum(m.pack_raw[pack] for pack in used)
     copied = set() if keep_versions else other
+    # Past the bound, copy down to well under it, so the next saves need no copying.
+    bound = MAX_READ_AMPLIFICATION
+    if referenced > bound * live_total:
+        bound = COMPACTED_AMPLIFICATION
     for pack in sorted(used, key=lambda p: live[p] / m.pack_raw[p]):  # sparsest first
-        if referenced <= MAX_READ_AMPLIFICATION * live_total:
+        if referenced <= bound * live_total:
             break
         referenced -= m.pack_raw[pack] - live[pack]
         copied.add(pack)
