@@ -11,7 +11,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -490,41 +490,6 @@ def test_the_status_shows_a_savepoint_whose_write_failed() -> None:
     assert store.status() == StoreStatus(1, ("a",), MINUTE, None)
     store.ack_processed_time(MINUTE)
     assert store.status() == StoreStatus(0, (), MINUTE, MINUTE)
-
-
-def test_the_status_is_reported_to_opentelemetry_as_it_changes() -> None:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    from statestore import observe
-
-    reader = InMemoryMetricReader()
-    observe.use(meter_provider=MeterProvider(metric_readers=[reader]))
-
-    def gauge(name: str) -> float:
-        data = reader.get_metrics_data()
-        assert data is not None
-        return sum(
-            float(cast(Any, point).value)  # the gauges' points are NumberDataPoints
-            for resource in data.resource_metrics
-            for scope in resource.scope_metrics
-            for metric in scope.metrics
-            if metric.name == name
-            for point in metric.data.data_points
-        )
-
-    try:
-        store = StateStore(RUN, MINUTE, storage=MemoryStorage())
-        fast, slow, _idle = store.init_run_state(0, [("fast", 0), ("slow", 0), ("idle", 0)])
-        fast.ack_processed_time((STALL_WARNING_SAVEPOINTS + 2) * MINUTE)
-        slow.ack_processed_time(MINUTE)  # slow moves; idle alone holds them back now
-        assert gauge("statestore.engine.pending") == STALL_WARNING_SAVEPOINTS + 2
-        assert gauge("statestore.engine.stalled") == 1
-        store.ack_processed_time((STALL_WARNING_SAVEPOINTS + 2) * MINUTE)
-        assert gauge("statestore.engine.pending") == 0
-        assert gauge("statestore.engine.stalled") == 0
-    finally:
-        observe.use()
 
 
 def test_a_failed_change_set_leaves_every_entity_as_it_was_and_a_retry_writes_it() -> None:

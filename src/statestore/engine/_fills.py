@@ -194,10 +194,6 @@ class Fills:
         """
         return self._frontier
 
-    def at_frontier(self) -> int:
-        """How many live members stand at the frontier (0 when only removed ones pend)."""
-        return self._at_frontier
-
     def slowest(self) -> list[str]:
         """The live members at the frontier: the ones holding the next savepoint back."""
         self._spread_column()

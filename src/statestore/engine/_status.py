@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
-from .. import observe
 from ._fills import Fills
 
 __all__ = ["STALL_WARNING_SAVEPOINTS", "StallWatch", "StoreStatus"]
@@ -46,26 +45,16 @@ class StallWatch:
 
     A warning at :data:`STALL_WARNING_SAVEPOINTS` waiting savepoints, then each time the
     count doubles (a long stall is told about a few times, not once per savepoint), and
-    the count starts over once the stall clears. Reports the pending savepoints and the
-    stalled entities (those a warning names, while one is due) to
-    :func:`statestore.observe.report_engine_status` whenever they change.
+    the count starts over once the stall clears.
     """
 
-    def __init__(self, run_id: str, engine: object) -> None:
+    def __init__(self, run_id: str) -> None:
         self._run_id = run_id
-        self._engine = engine
         self._warn_at = STALL_WARNING_SAVEPOINTS
-        self._reported: tuple[int, int] | None = None
 
     def check(self, fills: Fills, schedule: int) -> None:
         """Warn if the savepoints waiting for the frontier reached the next threshold."""
-        waiting = (fills.reached - fills.frontier()) // schedule
-        # Both O(1): this runs at every acknowledgement.
-        pending = max(fills.reached - fills.done, 0) // schedule
-        stalled = fills.at_frontier() if waiting >= STALL_WARNING_SAVEPOINTS else 0
-        if (pending, stalled) != self._reported:
-            self._reported = (pending, stalled)
-            observe.report_engine_status(self._engine, pending, stalled)
+        waiting = (fills.reached - fills.frontier()) // schedule  # O(1): at every ack
         if waiting < self._warn_at:
             if waiting < STALL_WARNING_SAVEPOINTS:
                 self._warn_at = STALL_WARNING_SAVEPOINTS
