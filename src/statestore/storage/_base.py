@@ -224,8 +224,9 @@ class Storage(ABC):
         self._closed = False
         self._close_lock = threading.Lock()
         # The previous savepoint of recently written or loaded runs, by entity: what
-        # makes the next save incremental. Insertion-ordered; oldest evicted first.
-        self._reuse_bases: dict[str, ReuseBase] = {}
+        # makes the next save incremental. Insertion-ordered; oldest evicted first. A
+        # loaded savepoint is kept as its manifest and made a base when a save needs it.
+        self._reuse_bases: dict[str, ReuseBase | layout.Manifest] = {}
         self._reuse_bases_lock = threading.Lock()
 
     # ---------------------------------------------------------------- the contract
@@ -492,9 +493,27 @@ class Storage(ABC):
 
     def _reuse_base(self, run_id: str) -> ReuseBase | None:
         with self._reuse_bases_lock:
-            return self._reuse_bases.get(run_id)
+            base = self._reuse_bases.get(run_id)
+        if not isinstance(base, layout.Manifest):
+            return base
+        # A loaded savepoint: read its packs again, check and hash them (see reuse_base).
+        try:
+            with self._boundary(run_id, base.timestamp):
+                parts = self._read_savepoint(run_id, base.timestamp, with_blobs=True)
+        except StateStoreError:
+            parts = None  # gone or unreadable: this save is a full one
+        made = None
+        if parts is not None:
+            made = layout.reuse_base(run_id, base, parts.manifest, parts.blobs)
+        with self._reuse_bases_lock:
+            if self._reuse_bases.get(run_id) is base:
+                if made is None:
+                    del self._reuse_bases[run_id]
+                else:
+                    self._reuse_bases[run_id] = made
+        return made
 
-    def _remember_base(self, run_id: str, base: ReuseBase) -> None:
+    def _remember_base(self, run_id: str, base: ReuseBase | layout.Manifest) -> None:
         with self._reuse_bases_lock:
             self._reuse_bases.pop(run_id, None)
             self._reuse_bases[run_id] = base
@@ -717,13 +736,10 @@ class Storage(ABC):
         with collector.paused():
             manifest, packs = self._read_checked(run_id, timestamp)
             codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
-            # A resumed run saves next: base that save on what it loaded.
-            keep_base = timestamp is None
-            entities, base = layout.decode_states(
-                run_id, manifest, packs, codec, keep_base=keep_base
-            )
-            if base is not None:
-                self._remember_base(run_id, base)
+            entities = layout.decode_states(run_id, manifest, packs, codec)
+            if timestamp is None and isinstance(manifest, layout.Manifest):
+                # A resumed run saves next: that save builds on what was loaded.
+                self._remember_base(run_id, manifest)
             return build(manifest, entities)
 
     @contextlib.contextmanager

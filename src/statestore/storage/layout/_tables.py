@@ -350,7 +350,14 @@ def check(m: Manifest) -> str | None:
     if max(m.lengths) > MAX_STATE_BYTES:
         return "has a bad length column"
     ends = list(map(operator.add, m.offsets, m.lengths))
-    if len(packs) == 1:  # the common case, in C: every entity is in pack 0
+    if len(packs) == 1 and m.indexes == list(range(len(ids))):
+        # The commonest case, a first or full save: pack 0 holds the states in order.
+        if len(ids) > m.pack_counts[0]:
+            return "has a bad index column"
+        if max(ends) > m.pack_raw[0]:
+            return "points past the end of a pack"
+        return None
+    if len(packs) == 1:  # every entity is in pack 0, in C
         counts: Iterable[int] = itertools.repeat(m.pack_counts[0])
         raws: Iterable[int] = itertools.repeat(m.pack_raw[0])
         slots: Iterable[int] = m.indexes
