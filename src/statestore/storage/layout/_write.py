@@ -62,23 +62,26 @@ def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> En
 
 
 def check_encoded(codec: Codec, run_id: str, ids: Sequence[str], encoded: Sequence[bytes]) -> None:
-    """Refuse, before anything is written, an encoded state that is not one whole value the
-    codec decodes (bytes from an archive or another store, say).
+    """Refuse, before anything is written, an encoded state that is not one whole value
+    of a MessagePack codec (bytes from an archive or another store, say).
 
-    A pack decodes in one call, so one bad state would make its neighbours unreadable
-    too. States :func:`encode_state` made are trusted; the others cost one decode each.
+    Such a codec's pack decodes in one call, so one state with a second value behind it
+    would shift its neighbours. States :func:`encode_state` made are trusted; the others
+    cost one check and one decode each, which the safe codec does without running any
+    code. Other codecs' states are never decoded here (unpickling foreign bytes would
+    run code they choose): each is stored wrapped on its own, as it was given.
     """
-    native = getattr(codec, "msgpack_native", False)
+    if not getattr(codec, "msgpack_native", False):
+        return
     for entity_id, data in zip(ids, encoded, strict=True):
         if type(data) is EncodedState:
             continue
         try:
-            if native:  # a trailing second value would shift every later state of the pack
-                unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
-                unpacker.feed(data)
-                unpacker.skip()
-                if unpacker.tell() != len(data):
-                    raise ValueError("bytes follow its value")
+            unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+            unpacker.feed(data)
+            unpacker.skip()
+            if unpacker.tell() != len(data):
+                raise ValueError("bytes follow its value")
             codec.decode(data)
         except Exception as exc:  # a decoder may raise anything on foreign bytes
             raise InvalidArgumentError(
