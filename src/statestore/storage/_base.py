@@ -18,6 +18,7 @@ backend and how the conformance kit checks it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import threading
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
+from ..aio import DEFAULT_WORKERS, Workers, twin
 from ..codecs import Codec, SafeCodec
 from ..errors import (
     BackendError,
@@ -195,6 +197,11 @@ class Storage(ABC):
         # makes the next save incremental. Insertion-ordered; oldest evicted first.
         self._reuse_bases: dict[str, ReuseBase] = {}
         self._reuse_bases_lock = threading.Lock()
+        #: The threads the ``a``-prefixed twins run in (statestore.aio), started on first use.
+        self._workers = Workers(type(self).__name__, self.async_workers)
+
+    #: How many worker threads this storage's coroutine twins may use at once.
+    async_workers: int = DEFAULT_WORKERS
 
     # ---------------------------------------------------------------- the contract
 
@@ -463,6 +470,7 @@ class Storage(ABC):
             if self._closed:
                 return
             self._closed = True
+        self._workers.shutdown()  # calls of the coroutine twins in flight finish first
         with self._boundary():
             self._close()
 
@@ -476,6 +484,40 @@ class Storage(ABC):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    # ---------------------------------------------------------------- coroutine twins
+    # The same operations, awaitable (DESIGN §9, docs/async.md): each runs the blocking
+    # method above in this storage's worker threads; ``persists`` marks those that write.
+
+    ais_initialized = twin(is_initialized, persists=False)
+    ainit_storage = twin(init_storage, persists=True)
+    asave_savepoint = twin(save_savepoint, persists=True)
+    aget_latest_savepoint = twin(get_latest_savepoint, persists=False)
+    aget_latest_savepoint_timestamp = twin(get_latest_savepoint_timestamp, persists=False)
+    aget_savepoint = twin(get_savepoint, persists=False)
+    alist_savepoints = twin(list_savepoints, persists=False)
+    alist_runs = twin(list_runs, persists=False)
+    adelete_old_savepoints = twin(delete_old_savepoints, persists=True)
+    adelete_run = twin(delete_run, persists=True)
+
+    async def aclose(self) -> None:
+        """Awaitable :meth:`close`: waits for the twins' calls in flight, then closes.
+
+        It runs on a thread of its own (the event loop's default executor), since
+        closing waits for this storage's worker threads and cannot run on one of them.
+        """
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     # ---------------------------------------------------------------- shared helpers
 

@@ -1,0 +1,175 @@
+"""The coroutine twins: every blocking operation, awaitable, without a second copy of it.
+
+``asave_savepoint``, ``astart`` and the other ``a``-prefixed methods are made by one
+helper, :func:`twin`, from the blocking method of the same name: a twin looks that
+method up by name when it is called and runs it in :class:`Workers`, a bounded thread
+pool owned by the storage object. The logic (validation, encoding, checksums, I/O,
+the engine's bookkeeping) exists once, in the blocking method; no CPU or I/O work of
+an operation runs on the event loop. docs/async.md says why threads serve every backend
+and what it costs.
+
+Cancellation, exactly (also in docs/async.md): a worker thread cannot be interrupted,
+so a call that has started runs to its end whatever happens to the task awaiting it.
+
+* A twin made with ``persists=True`` (every call that can write) is shielded: once it is
+  called, the blocking call runs to its end, even when the awaiting task is cancelled
+  before the call has left the queue. What it stores is whole (or, where the blocking
+  call fails, absent); an error nobody awaits any more is logged on the ``statestore``
+  logger.
+* Any other twin (the reads) is dropped when it is cancelled before a worker took it,
+  and otherwise runs to its end, its result discarded.
+
+Nothing binds to an event loop: the pool belongs to the storage, any loop in any thread
+may await its twins while other threads call the blocking methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+from .errors import BackendError, StateStoreError
+
+__all__ = ["DEFAULT_WORKERS", "HasWorkers", "Workers", "twin"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+H = TypeVar("H", bound="HasWorkers")
+
+#: Worker threads of one storage object; enough to overlap a save with reads and other
+#: runs' saves, few enough that a burst of tasks does not open a connection each.
+DEFAULT_WORKERS = 4
+
+_log = logging.getLogger("statestore")
+_in_worker = threading.local()
+
+
+def _mark_worker() -> None:
+    _in_worker.owner = True
+
+
+class Workers:
+    """A bounded thread pool, started on the first call and ended by :meth:`shutdown`.
+
+    ``name`` names its threads (``statestore-NAME_0`` ...) and the store in errors.
+    """
+
+    def __init__(self, name: str, size: int = DEFAULT_WORKERS) -> None:
+        self.name = name
+        self.size = size
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], R]) -> concurrent.futures.Future[R]:
+        """Queue ``call`` for a worker; BackendError once the pool is shut down."""
+        with self._lock:
+            if self._closed:
+                raise BackendError(f"{self.name} is closed; open the store again to use it")
+            if self._pool is None or self._pid != os.getpid():
+                # (A forked child has none of the parent's threads: it starts its own.)
+                self._pid = os.getpid()
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self.size, f"statestore-{self.name}", initializer=_mark_worker
+                )
+            return self._pool.submit(call)
+
+    def shutdown(self) -> None:
+        """Refuse new calls and wait for those queued or running (the storage's close
+        calls this before releasing its connections, so no call loses them midway)."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            # A worker cannot wait for itself; the other calls then finish on their own.
+            pool.shutdown(wait=not getattr(_in_worker, "owner", False))
+
+    async def run(self, call: Callable[[], R], *, persists: bool) -> R:
+        """Run ``call`` on a worker and wait for it without blocking the event loop."""
+        future = self.submit(call)
+        try:
+            return await _settled(future)
+        except asyncio.CancelledError:
+            if persists:
+                future.add_done_callback(_log_unawaited_failure)
+            else:
+                future.cancel()  # succeeds only while queued: the read never starts
+            raise
+
+
+def _settled(future: concurrent.futures.Future[R]) -> asyncio.Future[R]:
+    """An asyncio future that follows ``future``; cancelling it leaves ``future`` alone.
+
+    (``asyncio.wrap_future`` cancels the source with it, which a shielded call must not.)
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[R] = loop.create_future()
+
+    def settle(done: concurrent.futures.Future[R]) -> None:
+        if waiter.done():  # the awaiting task was cancelled
+            return
+        error = done.exception()
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def deliver(done: concurrent.futures.Future[R]) -> None:
+        # A loop that has closed has nobody waiting for this call any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, done)
+
+    future.add_done_callback(deliver)
+    return waiter
+
+
+def _log_unawaited_failure(future: concurrent.futures.Future[Any]) -> None:
+    error = future.exception()
+    if error is not None:
+        _log.warning(
+            "a call whose caller was cancelled failed: %s: %s", type(error).__name__, error
+        )
+
+
+class HasWorkers(Protocol):
+    """What a twin runs on: the workers of the object's storage (None: run on the loop,
+    for an object that does no I/O, such as an entity that belongs to no store)."""
+
+    @property
+    def _workers(self) -> Workers | None: ...
+
+
+def twin(
+    blocking: Callable[Concatenate[H, P], R], *, persists: bool, name: str | None = None
+) -> Callable[Concatenate[H, P], Coroutine[Any, Any, R]]:
+    """The coroutine twin of the method ``blocking``: ``asave = twin(save, persists=True)``.
+
+    The twin calls ``getattr(self, name)`` (``name`` defaults to ``blocking``'s), so a
+    subclass's override is the one that runs, and a method another module adds later
+    gets its twin as soon as it exists; ``blocking`` gives the twin its signature and
+    docstring. ``persists`` says whether the call can write (see the module docstring).
+    """
+    method = name or blocking.__name__
+
+    async def call(self: H, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        bound: Callable[P, R] | None = getattr(self, method, None)
+        if bound is None:
+            raise StateStoreError(
+                f"{type(self).__name__}.{method} does not exist in this version of "
+                f"statestore, so neither does its twin a{method}"
+            )
+        workers = self._workers
+        if workers is None:
+            return bound(*args, **kwargs)
+        return await workers.run(lambda: bound(*args, **kwargs), persists=persists)
+
+    call.__name__ = call.__qualname__ = f"a{method}"
+    call.__doc__ = f"Awaitable :meth:`{method}`, run in the storage's worker threads."
+    return call
