@@ -11,13 +11,14 @@ and what it costs.
 Cancellation, exactly (also in docs/async.md): a worker thread cannot be interrupted,
 so a call that has started runs to its end whatever happens to the task awaiting it.
 
-* A twin made with ``persists=True`` (every call that can write) is shielded: once it is
-  called, the blocking call runs to its end, even when the awaiting task is cancelled
-  before the call has left the queue. What it stores is whole (or, where the blocking
-  call fails, absent); an error nobody awaits any more is logged on the ``statestore``
-  logger.
-* Any other twin (the reads) is dropped when it is cancelled before a worker took it,
-  and otherwise runs to its end, its result discarded.
+* A twin made with ``persists=True`` (every call that can write) is shielded, and its
+  cancellation deferred: the blocking call runs to its end even when the awaiting task
+  is cancelled before a worker took it, and the task's CancelledError (or a timeout's
+  TimeoutError) is raised once it has ended. The caller may then assume the call is
+  over: done as the blocking call does it (a savepoint whole, the entity updated), or
+  failed, its error logged on the ``statestore`` logger, nothing of it stored.
+* Any other twin (the reads) is cancelled at once: dropped when no worker has taken it
+  yet, else left to end in its worker, its result discarded.
 
 Nothing binds to an event loop: the pool belongs to the storage, any loop in any thread
 may await its twins while other threads call the blocking methods.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import threading
@@ -92,50 +92,27 @@ class Workers:
             pool.shutdown(wait=not getattr(_in_worker, "owner", False))
 
     async def run(self, call: Callable[[], R], *, persists: bool) -> R:
-        """Run ``call`` on a worker and wait for it without blocking the event loop."""
+        """Run ``call`` on a worker and wait for it without blocking the event loop.
+
+        Cancelled, a call that ``persists`` raises CancelledError once it has ended;
+        any other is dropped if no worker has taken it yet (see the module docstring).
+        """
         future = self.submit(call)
-        try:
-            return await _settled(future)
-        except asyncio.CancelledError:
-            if persists:
-                future.add_done_callback(_log_unawaited_failure)
-            else:
-                future.cancel()  # succeeds only while queued: the read never starts
-            raise
-
-
-def _settled(future: concurrent.futures.Future[R]) -> asyncio.Future[R]:
-    """An asyncio future that follows ``future``; cancelling it leaves ``future`` alone.
-
-    (``asyncio.wrap_future`` cancels the source with it, which a shielded call must not.)
-    """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[R] = loop.create_future()
-
-    def settle(done: concurrent.futures.Future[R]) -> None:
-        if waiter.done():  # the awaiting task was cancelled
-            return
-        error = done.exception()
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(done.result())
-
-    def deliver(done: concurrent.futures.Future[R]) -> None:
-        # A loop that has closed has nobody waiting for this call any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, done)
-
-    future.add_done_callback(deliver)
-    return waiter
-
-
-def _log_unawaited_failure(future: concurrent.futures.Future[Any]) -> None:
-    error = future.exception()
-    if error is not None:
-        _log.warning(
-            "a call whose caller was cancelled failed: %s: %s", type(error).__name__, error
-        )
+        waiter = asyncio.wrap_future(future)  # cancelling it cancels a queued call
+        if not persists:
+            return await waiter
+        cancelled: asyncio.CancelledError | None = None
+        while not waiter.done():
+            try:
+                await asyncio.wait((waiter,))  # a cancel here leaves the waiter alone
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is None:
+            return waiter.result()
+        error = waiter.exception()
+        if error is not None:  # nobody will see it otherwise
+            _log.warning("a cancelled call failed: %s: %s", type(error).__name__, error)
+        raise cancelled
 
 
 class HasWorkers(Protocol):
