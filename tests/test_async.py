@@ -13,6 +13,8 @@ import asyncio
 import inspect
 import logging
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from statestore.testing.through_async import TWINNED
 from statestore.testing.worker import payload, wholeness_problem
 
 MINUTE = 60_000
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -119,6 +122,18 @@ def test_the_work_runs_in_the_storage_s_worker_threads() -> None:
     threads = set(storage.commit_threads)
     assert all(name.startswith("statestore-WatchedStorage") for name in threads), threads
     assert 1 < len(threads) <= storage.async_workers  # bounded, and used side by side
+
+
+def test_close_inside_one_of_the_storage_s_own_calls_does_not_wait_for_itself() -> None:
+    class ClosingStorage(MemoryStorage):
+        def is_initialized(self, run_id: str) -> bool:
+            self.close()  # waits for the other calls in flight, not for this one
+            return False
+
+    storage = ClosingStorage()
+    assert asyncio.run(asyncio.wait_for(storage.ais_initialized("run"), 10)) is False
+    with pytest.raises(BackendError, match="ClosingStorage is closed"):
+        asyncio.run(storage.ais_initialized("run"))
 
 
 # ==================================================================== cancellation
@@ -361,3 +376,26 @@ def test_an_entity_of_no_store_acknowledges_on_the_loop() -> None:
     assert entity.timestamp == 10
     with pytest.raises(StateStoreError, match="belongs to no StateStore"):
         asyncio.run(entity.aack_processed_time(MINUTE))
+
+
+# ==================================================================== the benchmark
+
+
+def test_the_async_benchmark_runs_quick() -> None:
+    """``python -m benchmarks.async_cost --quick`` still runs and reports every figure
+    (the figures themselves belong to docs/async.md, not to a test)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.async_cost", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "A call's fixed cost (is_initialized on memory://" in done.stdout
+    for row in ["| 100 | 5 |", "| 2,000 | 3 |"]:
+        line = next(line for line in done.stdout.splitlines() if line.startswith(row))
+        assert line.endswith(("| PASS |", "| MISS |")), line
+    for label in ["nothing else running", "asave_savepoint, 20,000", "save_savepoint on the loop"]:
+        assert f"| {label}" in done.stdout

@@ -50,8 +50,8 @@ _log = logging.getLogger("statestore")
 _in_worker = threading.local()
 
 
-def _mark_worker() -> None:
-    _in_worker.owner = True
+def _mark_worker(workers: Workers) -> None:
+    _in_worker.workers = workers
 
 
 class Workers:
@@ -77,7 +77,7 @@ class Workers:
                 # (A forked child has none of the parent's threads: it starts its own.)
                 self._pid = os.getpid()
                 self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self.size, f"statestore-{self.name}", initializer=_mark_worker
+                    self.size, f"statestore-{self.name}", _mark_worker, (self,)
                 )
             return self._pool.submit(call)
 
@@ -89,7 +89,7 @@ class Workers:
             pool, self._pool = self._pool, None
         if pool is not None:
             # A worker cannot wait for itself; the other calls then finish on their own.
-            pool.shutdown(wait=not getattr(_in_worker, "owner", False))
+            pool.shutdown(wait=getattr(_in_worker, "workers", None) is not self)
 
     async def run(self, call: Callable[[], R], *, persists: bool) -> R:
         """Run ``call`` on a worker and wait for it without blocking the event loop.
