@@ -24,7 +24,7 @@ import pytest
 
 from statestore import Entity, StateStore, open_storage
 from statestore.errors import BackendError, EncodeError, StateStoreError
-from statestore.storage import MemoryStorage, Storage
+from statestore.storage import MemoryStorage, SQLiteStorage, Storage
 from statestore.storage.layout import SavepointRecord
 from statestore.testing.through_async import TWINNED
 from statestore.testing.worker import payload, wholeness_problem
@@ -42,6 +42,11 @@ def url(tmp_path: Path) -> str:
 def storage(url: str) -> Iterator[Storage]:
     with open_storage(url) as opened:
         yield opened
+
+
+def storage_url(storage: Storage) -> str:
+    assert isinstance(storage, SQLiteStorage)
+    return f"sqlite:///{storage.path}"
 
 
 class WatchedStorage(MemoryStorage):
@@ -216,6 +221,30 @@ def test_a_cancelled_write_that_fails_logs_its_error(
         asyncio.run(main())
     assert "RunNotInitializedError" in caplog.text
     assert "never-initialized" in caplog.text
+
+
+def test_a_cancelled_aclose_still_closes_after_the_saves_in_flight(storage: Storage) -> None:
+    storage.init_storage("run")
+
+    async def main() -> None:
+        saves = [
+            asyncio.ensure_future(storage.asave_savepoint("run", ts, payload(ts)))
+            for ts in range(8)
+        ]
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(storage.aclose())
+        await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert all(save.done() for save in saves)  # closing waited for them
+        await asyncio.gather(*saves)
+
+    asyncio.run(main())
+    with pytest.raises(BackendError, match="closed"):
+        asyncio.run(storage.alist_runs())
+    with open_storage(storage_url(storage)) as reopened:
+        assert [row.timestamp for row in reopened.list_savepoints("run")] == list(range(8))
 
 
 @pytest.mark.parametrize("seed", range(6))

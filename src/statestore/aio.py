@@ -36,7 +36,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from .errors import BackendError, StateStoreError
 
-__all__ = ["DEFAULT_WORKERS", "HasWorkers", "Workers", "twin"]
+__all__ = ["DEFAULT_WORKERS", "HasWorkers", "Workers", "settled", "twin"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -92,27 +92,47 @@ class Workers:
             pool.shutdown(wait=getattr(_in_worker, "workers", None) is not self)
 
     async def run(self, call: Callable[[], R], *, persists: bool) -> R:
-        """Run ``call`` on a worker and wait for it without blocking the event loop.
+        """Run ``call`` on a worker and wait for it without blocking the event loop."""
+        return await settled(self.submit(call), persists=persists)
 
-        Cancelled, a call that ``persists`` raises CancelledError once it has ended;
-        any other is dropped if no worker has taken it yet (see the module docstring).
-        """
-        future = self.submit(call)
-        waiter = asyncio.wrap_future(future)  # cancelling it cancels a queued call
-        if not persists:
-            return await waiter
-        cancelled: asyncio.CancelledError | None = None
-        while not waiter.done():
+    async def close_with(self, close: Callable[[], None]) -> None:
+        """Run ``close`` (the storage's, which shuts this pool down and so waits for its
+        threads) on a thread of its own, awaited as a write is."""
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def closing() -> None:
             try:
-                await asyncio.wait((waiter,))  # a cancel here leaves the waiter alone
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-        if cancelled is None:
-            return waiter.result()
-        error = waiter.exception()
-        if error is not None:  # nobody will see it otherwise
-            _log.warning("a cancelled call failed: %s: %s", type(error).__name__, error)
-        raise cancelled
+                close()
+            except BaseException as exc:  # handed to the awaiting task
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        threading.Thread(target=closing, name=f"statestore-{self.name}-close").start()
+        await settled(future, persists=True)
+
+
+async def settled(future: concurrent.futures.Future[R], *, persists: bool) -> R:
+    """Await ``future`` (a blocking call on a thread) from the event loop.
+
+    Cancelled, a call that ``persists`` raises CancelledError once it has ended; any
+    other is dropped if no worker has taken it yet (see the module docstring).
+    """
+    waiter = asyncio.wrap_future(future)  # cancelling it cancels a queued call
+    if not persists:
+        return await waiter
+    cancelled: asyncio.CancelledError | None = None
+    while not waiter.done():
+        try:
+            await asyncio.wait((waiter,))  # a cancel here leaves the waiter alone
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if cancelled is None:
+        return waiter.result()
+    error = waiter.exception()
+    if error is not None:  # nobody will see it otherwise
+        _log.warning("a cancelled call failed: %s: %s", type(error).__name__, error)
+    raise cancelled
 
 
 class HasWorkers(Protocol):

@@ -18,7 +18,6 @@ backend and how the conformance kit checks it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import threading
@@ -466,11 +465,12 @@ class Storage(ABC):
 
     def close(self) -> None:
         """Release connections and files; further use is an error of the caller."""
+        # The coroutine twins' calls, queued or running, finish first, on the open store.
+        self._workers.shutdown()
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-        self._workers.shutdown()  # calls of the coroutine twins in flight finish first
         with self._boundary():
             self._close()
 
@@ -503,10 +503,10 @@ class Storage(ABC):
     async def aclose(self) -> None:
         """Awaitable :meth:`close`: waits for the twins' calls in flight, then closes.
 
-        It runs on a thread of its own (the event loop's default executor), since
-        closing waits for this storage's worker threads and cannot run on one of them.
+        It runs on a thread of its own, since closing waits for this storage's worker
+        threads and cannot run on one of them; cancelled, it ends first, as a write does.
         """
-        await asyncio.to_thread(self.close)
+        await self._workers.close_with(self.close)
 
     async def __aenter__(self) -> Self:
         return self
