@@ -150,8 +150,9 @@ def twin(
 
     The twin calls ``getattr(self, name)`` (``name`` defaults to ``blocking``'s), so a
     subclass's override is the one that runs, and a method another module adds later
-    gets its twin as soon as it exists; ``blocking`` gives the twin its signature and
-    docstring. ``persists`` says whether the call can write (see the module docstring).
+    gets its twin as soon as it exists; ``blocking`` gives the twin its signature (what
+    type checkers see). ``persists`` says whether the call can write (see the module
+    docstring).
     """
     method = name or blocking.__name__
 
