@@ -10,6 +10,7 @@ observer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import random
@@ -139,6 +140,30 @@ def test_close_inside_one_of_the_storage_s_own_calls_does_not_wait_for_itself() 
     assert asyncio.run(asyncio.wait_for(storage.ais_initialized("run"), 10)) is False
     with pytest.raises(BackendError, match="ClosingStorage is closed"):
         asyncio.run(storage.ais_initialized("run"))
+
+
+def test_a_twin_s_call_sees_the_awaiting_task_s_context_variables() -> None:
+    request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+    seen: list[str] = []
+
+    class ContextStorage(MemoryStorage):
+        def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
+            seen.append(request.get())  # a tracing span travels the same way
+            super()._commit(run_id, record, writer_token)
+
+    storage = ContextStorage()
+    storage.init_storage("run")
+
+    async def handle(name: str, timestamp: int) -> None:
+        request.set(name)
+        await storage.asave_savepoint("run", timestamp, [("a", timestamp)])
+
+    async def main() -> None:
+        await asyncio.gather(*(handle(f"request-{i}", i) for i in range(6)))
+
+    asyncio.run(main())
+    storage.close()
+    assert sorted(seen) == [f"request-{i}" for i in range(6)]
 
 
 # ==================================================================== cancellation

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import threading
@@ -92,8 +93,13 @@ class Workers:
             pool.shutdown(wait=getattr(_in_worker, "workers", None) is not self)
 
     async def run(self, call: Callable[[], R], *, persists: bool) -> R:
-        """Run ``call`` on a worker and wait for it without blocking the event loop."""
-        return await settled(self.submit(call), persists=persists)
+        """Run ``call`` on a worker and wait for it without blocking the event loop.
+
+        The call sees the caller's context variables (as ``asyncio.to_thread`` does), so
+        a tracing span or a logging context of the awaiting task reaches the worker.
+        """
+        context = contextvars.copy_context()
+        return await settled(self.submit(lambda: context.run(call)), persists=persists)
 
     async def close_with(self, close: Callable[[], None]) -> None:
         """Run ``close`` (the storage's, which shuts this pool down and so waits for its
