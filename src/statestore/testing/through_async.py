@@ -4,8 +4,8 @@
 opens is wrapped in :class:`AsyncDriven`, which presents the blocking names the suite
 calls and runs each through its coroutine twin on an event loop: one per thread and
 handle, so the suite's threads drive one storage from several loops at once (nothing
-may bind to one loop). The same tests then check the async
-surface, with no second copy of them::
+may bind to one loop). The same tests then check the async surface, with no second
+copy of them::
 
     class TestMyBackendThroughAsync(ThroughAsyncAPI, TestMyBackend):
         pass
@@ -74,7 +74,9 @@ class AsyncDriven:
     def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coroutine`` on this thread's event loop for this handle."""
         with self._runners_lock:
-            runner = self._runners.setdefault(threading.get_ident(), asyncio.Runner())
+            runner = self._runners.get(threading.get_ident())
+            if runner is None:
+                runner = self._runners[threading.get_ident()] = asyncio.Runner()
         return runner.run(coroutine)
 
     def _close_loops(self) -> None:
