@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from ..aio import Workers, twin
 from ..errors import RunNotInitializedError
 from ..storage import validate
 
@@ -43,6 +44,8 @@ class Entity:
     last_savepoint: int | None = None
     _save_into: SaveInto | None = field(default=None, repr=False, compare=False)
     _generation: int = field(default=0, repr=False, compare=False)
+    #: Where :meth:`aack_processed_time` runs: the store's storage's worker threads.
+    _workers: Workers | None = field(default=None, repr=False, compare=False)
 
     def update_state(self, timestamp: int, state: Any) -> Entity:
         """Set the state after processing an input at ``timestamp``; in memory only."""
@@ -76,3 +79,6 @@ class Entity:
             self.next_savepoint = self.last_savepoint + schedule
         self.timestamp = timestamp
         return self
+
+    #: Awaitable :meth:`ack_processed_time` (statestore.aio): it may persist a savepoint.
+    aack_processed_time = twin(ack_processed_time, persists=True)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from .. import observe
+from ..aio import Workers, twin
 from ..errors import (
     CorruptSavepointError,
     InvalidArgumentError,
@@ -34,6 +35,14 @@ class StartResult(NamedTuple):
     resumed: bool
     timestamp: int
     entities: list[Entity]
+
+
+def _ack_processed_time(store: StateStore, timestamp: int) -> None:
+    """The signature of ``StateStore.ack_processed_time`` (DESIGN §6), typing its twin."""
+
+
+def _remove_entity(store: StateStore, entity_id: str, timestamp: int) -> None:
+    """The signature of ``StateStore.remove_entity`` (DESIGN §6), typing its twin."""
 
 
 class StateStore:
@@ -237,6 +246,7 @@ class StateStore:
             last_savepoint=loaded_from,
             _save_into=self._save_into,
             _generation=generation,
+            _workers=self._workers,
         )
 
     # ---------------------------------------------------------------- saving
@@ -275,6 +285,22 @@ class StateStore:
             # Even a save that filled nothing persists what is complete: it retries a
             # persist that failed (server gone) in an earlier call.
             self._persist_complete(fills)
+
+    # ---------------------------------------------------------------- coroutine twins
+    # Every call that can persist a savepoint, awaitable (DESIGN §9, docs/async.md): each
+    # runs the blocking method whole (its bookkeeping under the lock included) in the
+    # storage's worker threads, so the lock is never held across an await.
+
+    @property
+    def _workers(self) -> Workers:
+        return self.storage._workers
+
+    astart = twin(start, persists=True)
+    asave = twin(save, persists=True)
+    # Looked up by name when called: the blocking methods come with the engine's
+    # watermark work; until then these twins raise StateStoreError saying so.
+    aack_processed_time = twin(_ack_processed_time, persists=True, name="ack_processed_time")
+    aremove_entity = twin(_remove_entity, persists=True, name="remove_entity")
 
     def _started(self, entity_id: str, generation: int | None) -> Fills:
         """The fills of the running start; refuses unknown entities and old ones."""
