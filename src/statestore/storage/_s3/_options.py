@@ -19,6 +19,8 @@ option                 environment                                 meaning
                                                                    ``host/BUCKET`` (path style,
                                                                    the default)
 ``timeout``                                                        seconds per request (30)
+``retry_timeout``                                                  seconds to keep retrying a
+                                                                   failed request (30)
 ``conditional_writes``                                             ``require`` (default) or
                                                                    ``warn``: see the check at
                                                                    open in ``_storage.py``
@@ -35,6 +37,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from ...errors import ConfigError
@@ -54,6 +57,7 @@ OPTION_NAMES = (
     "allow_http",
     "virtual_hosted_style",
     "timeout",
+    "retry_timeout",
     "conditional_writes",
 )
 #: Where an option's default comes from, first found wins.
@@ -84,9 +88,10 @@ class Settings:
     prefix: str  # the key prefix inside the bucket, without slashes at either end
     endpoint: str | None  # None: AWS itself
     conditional_writes: str
-    #: obstore's ``S3Store`` config (credentials included) and client options.
+    #: obstore's ``S3Store`` config (credentials included), client and retry options.
     config: dict[str, Any] = field(repr=False)
     client_options: dict[str, Any] = field(repr=False)
+    retry_config: dict[str, Any] = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False)  # strings no message may contain
 
     @property
@@ -155,14 +160,18 @@ def settings_from_url(
     for name in ("access_key_id", "secret_access_key", "session_token"):
         if values.get(name):
             config[name] = str(values[name])
-    timeout = _seconds(values.get("timeout", DEFAULT_TIMEOUT))
+    timeout = _seconds("timeout", values.get("timeout", DEFAULT_TIMEOUT))
+    retry_timeout = _seconds("retry_timeout", values.get("retry_timeout", DEFAULT_TIMEOUT))
     return Settings(
         bucket=bucket,
         prefix=prefix,
         endpoint=endpoint,
         conditional_writes=mode,
         config=config,
-        client_options={"allow_http": allow_http, "timeout": f"{int(timeout * 1000)}ms"},
+        client_options={"allow_http": allow_http, "timeout": timedelta(seconds=timeout)},
+        # obstore's own policy (exponential back-off, 10 retries), with a bound on the
+        # wait a user can set: its default of 3 minutes hides an unreachable server long.
+        retry_config={"max_retries": 10, "retry_timeout": timedelta(seconds=retry_timeout)},
         secrets=_secret_forms([str(values[name]) for name in SECRET_OPTIONS if values.get(name)]),
     )
 
@@ -222,13 +231,13 @@ def _flag(values: Mapping[str, Any], name: str, *, default: bool) -> bool:
     raise ConfigError(f"S3 option {name} must be true or false, not {value!r}")
 
 
-def _seconds(value: Any) -> float:
+def _seconds(name: str, value: Any) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = -1.0
     if isinstance(value, bool) or not 0 < seconds < 86400:
-        raise ConfigError(f"S3 option timeout must be a number of seconds > 0, not {value!r}")
+        raise ConfigError(f"S3 option {name} must be a number of seconds > 0, not {value!r}")
     return seconds
 
 

@@ -41,7 +41,7 @@ from ._options import Settings, settings_from_url
 
 if TYPE_CHECKING:
     from obstore import PutMode
-    from obstore.store import ClientConfig, S3Config
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 __all__ = ["S3Storage"]
 
@@ -72,6 +72,7 @@ class S3Storage(Storage):
             prefix=settings.prefix or None,
             config=cast("S3Config", settings.config),
             client_options=cast("ClientConfig", settings.client_options),
+            retry_config=cast("RetryConfig", settings.retry_config),
         )
         with self._boundary():
             self._check_conditional_writes()
