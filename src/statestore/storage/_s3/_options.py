@@ -169,9 +169,18 @@ def settings_from_url(
         conditional_writes=mode,
         config=config,
         client_options={"allow_http": allow_http, "timeout": timedelta(seconds=timeout)},
-        # obstore's own policy (exponential back-off, 10 retries), with a bound on the
-        # wait a user can set: its default of 3 minutes hides an unreachable server long.
-        retry_config={"max_retries": 10, "retry_timeout": timedelta(seconds=retry_timeout)},
+        # Exponential back-off capped at 2 s, so a restarted server is used again within
+        # seconds; retry_timeout, not a count, ends it (obstore's default of 3 minutes
+        # would hide an unreachable server that long).
+        retry_config={
+            "max_retries": 1000,
+            "retry_timeout": timedelta(seconds=retry_timeout),
+            "backoff": {
+                "init_backoff": timedelta(milliseconds=100),
+                "max_backoff": timedelta(seconds=2),
+                "base": 2,
+            },
+        },
         secrets=_secret_forms([str(values[name]) for name in SECRET_OPTIONS if values.get(name)]),
     )
 

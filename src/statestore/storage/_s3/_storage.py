@@ -181,6 +181,15 @@ class S3Storage(Storage):
         except (PreconditionError, AlreadyExistsError):
             current, _ = self._read_head(run_id)
             return current is not None and current.nonce == new.nonce
+        except (BaseError, OSError):
+            # The client gave up on the put (retries exhausted, connection lost): it may
+            # have landed. The head says so; if it moved on, ours can no longer land.
+            current, now = self._read_head(run_id)
+            if current is not None and current.nonce == new.nonce:
+                return True
+            if now != etag:
+                return False
+            raise  # still the head we read: whether the put lands is unknown
         return True
 
     def _update(self, run_id: str, change: Change) -> tuple[Head | None, Head | None]:
