@@ -108,12 +108,24 @@ class S3Server:
         self.base = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))
         (self.base / OWNER_FILE).write_text(str(os.getpid()))
         (self.base / "data").mkdir()
-        identity = {
-            "name": "statestore",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }
-        (self.base / "s3.json").write_text(json.dumps({"identities": [identity]}))
+        #: An identity that may only read and list: for read-only handles.
+        self.reader_key, self.reader_secret = (
+            "reader-" + secrets.token_hex(4),
+            secrets.token_urlsafe(24),
+        )
+        identities = [
+            {
+                "name": "statestore",
+                "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            },
+            {
+                "name": "reader",
+                "credentials": [{"accessKey": self.reader_key, "secretKey": self.reader_secret}],
+                "actions": ["Read", "List"],
+            },
+        ]
+        (self.base / "s3.json").write_text(json.dumps({"identities": identities}))
         self.ports = dict(zip(PORT_NAMES, _free_ports(len(PORT_NAMES)), strict=True))
         self.process: subprocess.Popen[bytes] | None = None
 

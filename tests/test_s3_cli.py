@@ -158,3 +158,24 @@ def test_repr_and_errors_name_the_store_not_the_secret(s3_server: S3Server) -> N
         assert s3_server.secret_key not in repr(storage)
         assert "s3://statestore-tests/repr" in repr(storage)
         assert storage.disk_usage() is None
+
+
+def test_credentials_that_may_only_read_open_a_read_only_handle(s3_server: S3Server) -> None:
+    url = s3_server.url("read-only")
+    with statestore.open_storage(url) as storage:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, [("a", 1)])
+    reader = s3_server.url(
+        "read-only", access_key_id=s3_server.reader_key, secret_access_key=s3_server.reader_secret
+    )
+    with statestore.open_storage(reader) as storage:
+        assert storage.capabilities.read_only
+        assert storage.get_latest_savepoint("run") == (1, [("a", 1)])
+        assert storage.list_runs() == ["run"]
+        with pytest.raises(BackendError, match="PermissionDenied") as caught:
+            storage.save_savepoint("run", 2, [("a", 2)])
+        assert s3_server.reader_secret not in str(caught.value)
+        assert [row.timestamp for row in storage.list_savepoints("run")] == [1]
+    result = run_cli("verify", "--url", reader)
+    assert result.returncode == 0, result.stderr
+    _assert_hidden(result, s3_server.reader_secret)

@@ -21,6 +21,7 @@ How each primitive keeps the contract (docs/s3.md has the whole protocol and its
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -28,7 +29,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, BaseError, NotSupportedError, PreconditionError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotSupportedError,
+    PermissionDeniedError,
+    PreconditionError,
+)
 from obstore.store import S3Store
 
 from ...codecs import Codec
@@ -101,7 +108,13 @@ class S3Storage(Storage):
         let two writers' head updates both land, and a fenced writer's savepoint with them.
         """
         key = f"{_head.PROBES}{secrets.token_hex(8)}"
-        self._put(key, b"probe", "create")
+        try:
+            self._put(key, b"probe", "create")
+        except PermissionDeniedError:
+            # Credentials that may only read (an auditor's, ``statestore verify``): reads
+            # need no conditional writes; every write will be refused by the server.
+            self.capabilities = dataclasses.replace(self.capabilities, read_only=True)
+            return
         try:
             enforced = self._refused(key, {"e_tag": '"statestore-probe-wrong-etag"'})
             enforced = enforced and self._refused(key, "create")
@@ -204,6 +217,15 @@ class S3Storage(Storage):
             if new is None or self._replace_head(run_id, new, etag):
                 return head, new
 
+    def _collect_quietly(self, run_id: str, head: Head) -> None:
+        """``_collect`` after a prune or drop that has landed: a failure to delete leaves
+        garbage (which ``compact`` collects), not a failed prune."""
+        try:
+            self._collect(run_id, head)
+        except (BaseError, OSError) as exc:
+            logger.warning("run %r: unreferenced objects left: %s", run_id,
+                           self._describe_failure(exc))  # fmt: skip
+
     def _collect(self, run_id: str, head: Head) -> None:
         """Delete every object of the run from before ``head.epoch`` that it does not name."""
         prefix = run_dir(run_id)
@@ -253,7 +275,7 @@ class S3Storage(Storage):
 
         _, tombstone = self._update(run_id, change)
         if tombstone is not None:
-            self._collect(run_id, tombstone)
+            self._collect_quietly(run_id, tombstone)
 
     def _take_writer_token(self, run_id: str) -> int:
         def change(head: Head | None) -> Head | None:
@@ -355,7 +377,7 @@ class S3Storage(Storage):
 
         _, new = self._update(run_id, change)
         if new is not None:
-            self._collect(run_id, new)
+            self._collect_quietly(run_id, new)
 
     def _compact(self) -> None:
         """Collect the garbage of every run: objects no head names, left by killed writers."""
