@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
@@ -74,6 +76,10 @@ class S3Storage(Storage):
     def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
         super().__init__(codec)
         self.settings = settings
+        #: Requests this handle sent, by kind (GET, PUT, LIST, DELETE): what a store's
+        #: bill counts. The client's own retries of a failed request are not counted.
+        self.requests: Counter[str] = Counter()
+        self._requests_lock = threading.Lock()
         self._store = S3Store(
             settings.bucket,
             prefix=settings.prefix or None,
@@ -119,7 +125,7 @@ class S3Storage(Storage):
             enforced = self._refused(key, {"e_tag": '"statestore-probe-wrong-etag"'})
             enforced = enforced and self._refused(key, "create")
         finally:
-            obstore.delete(self._store, key)
+            self._delete([key])
         if enforced:
             return
         message = (
@@ -146,18 +152,32 @@ class S3Storage(Storage):
     def _put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> None:
         # One request: conditional puts cannot be multipart, and one savepoint's pack is
         # below S3's 5 GiB limit of a single put (max_savepoint_bytes is 2 GiB by default).
+        self._count("PUT")
         obstore.put(self._store, key, data, mode=mode, use_multipart=False)
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and ETag, or None when there is no such object."""
         try:
+            self._count("GET")
             result = obstore.get(self._store, key)
             return bytes(result.bytes()), str(result.meta["e_tag"])
         except FileNotFoundError:
             return None
 
+    def _list_directories(self) -> dict[str, Any]:
+        """The run directories of the store (one listing, paged by 1,000 by the client)."""
+        self._count("LIST")
+        return dict(obstore.list_with_delimiter(self._store, _head.RUNS))
+
+    def _count(self, kind: str) -> None:
+        with self._requests_lock:
+            self.requests[kind] += 1
+
     def _delete(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
         for start in range(0, len(keys), DELETE_BATCH):
+            self._count("DELETE")
             obstore.delete(self._store, list(keys[start : start + DELETE_BATCH]))
 
     def _delete_quietly(self, keys: Sequence[str]) -> None:
@@ -231,6 +251,7 @@ class S3Storage(Storage):
         prefix = run_dir(run_id)
         needed = head.referenced_keys()
         doomed = []
+        self._count("LIST")  # one per 1,000 keys listed, counted as one
         for batch in obstore.list(self._store, prefix):
             for meta in batch:
                 relative = meta["path"].removeprefix(prefix)
@@ -256,7 +277,7 @@ class S3Storage(Storage):
         return head is not None and not head.deleted
 
     def _list_run_ids(self) -> list[str]:
-        listing = obstore.list_with_delimiter(self._store, _head.RUNS)
+        listing = self._list_directories()
         run_ids = []
         for directory in listing["common_prefixes"]:
             found = self._get(directory.rstrip("/") + "/" + _head.HEAD)
@@ -381,7 +402,7 @@ class S3Storage(Storage):
 
     def _compact(self) -> None:
         """Collect the garbage of every run: objects no head names, left by killed writers."""
-        listing = obstore.list_with_delimiter(self._store, _head.RUNS)
+        listing = self._list_directories()
         for directory in listing["common_prefixes"]:
             found = self._get(directory.rstrip("/") + "/" + _head.HEAD)
             if found is None:
