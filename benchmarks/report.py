@@ -126,7 +126,15 @@ def _w1_table(w1: Timed) -> str:
         f"\n\nFastest peer: save {peer_save}, load {peer_load}. Medians of "
         f"{w1.params['savepoints']} savepoints and {w1.params['loads']} loads; "
         f"{w1.params['entities']:,} entities, {_mb(w1.params['bytes'])} MB as one "
-        "MessagePack document."
+        "MessagePack document." + _requests_note(w1)
+    )
+
+
+def _requests_note(timed: Timed) -> str:
+    """The requests per save of the subjects that count them (S3), when any ran."""
+    counted = timed.params.get("requests_per_save") or {}
+    return "".join(
+        f" {name}: {requests:.1f} requests per save." for name, requests in counted.items()
     )
 
 
@@ -179,6 +187,7 @@ def _w3_table(w3: Timed) -> str:
         f"\n\n{w3.params['entities']:,} entities; {w3.params['fraction']:.0%} of them change "
         f"between sparse savepoints (medians of {w3.params['full']} full and "
         f"{w3.params['sparse']} sparse savepoints). The floor rewrites everything each time."
+        + _requests_note(w3)
     )
 
 
