@@ -112,9 +112,11 @@ def _postgres(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[
 
 
 @contextlib.contextmanager
-def _s3(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[str | None]:
+def _s3(
+    args: argparse.Namespace, log: Callable[[str], None], wanted: list[str]
+) -> Iterator[str | None]:
     """The S3 URL to use, starting (and finally stopping) a SeaweedFS server as the tests do."""
-    if args.no_s3:
+    if args.no_s3 or "statestore-s3" not in wanted:
         yield None
         return
     if args.s3_url:
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (_temporary_out() if args.quick else DEFAULT_OUT)
     with (
         _postgres(args, log) as postgres_url,
-        _s3(args, log) as s3_url,
+        _s3(args, log, wanted) as s3_url,
         _removed(workdir, args.workdir is None),
     ):
         names, unavailable = available_subjects(
