@@ -125,6 +125,29 @@ def test_a_prune_between_read_and_commit_makes_an_incremental_save_full(
         assert _keys(storage) == _needed(storage, "run")
 
 
+def test_a_read_racing_a_replace_reads_the_newer_head_not_damage(
+    s3_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host replaces the savepoint after this reader read the head: the objects
+    the reader was about to fetch are gone, so it reads the new head and its savepoint."""
+    with _open(s3_store_url) as reader, _open(s3_store_url) as other:
+        other.init_storage("run")
+        other.save_savepoint("run", 1, payload(1))
+        read_head = reader._read_head
+        replaced: list[bool] = []
+
+        def replace_after_read(run_id: str) -> Any:
+            found = read_head(run_id)
+            if not replaced:
+                other.save_savepoint("run", 1, payload(7))  # deletes the old objects
+                replaced.append(True)
+            return found
+
+        monkeypatch.setattr(reader, "_read_head", replace_after_read)
+        assert reader.get_savepoint("run", 1) == (1, payload(7))
+        assert replaced
+
+
 def test_delete_run_leaves_a_tombstone_that_keeps_the_token(s3_store_url: str) -> None:
     with _open(s3_store_url) as storage:
         storage.init_storage("run")

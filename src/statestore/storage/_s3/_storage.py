@@ -58,7 +58,7 @@ logger = logging.getLogger("statestore.s3")
 
 #: How often a read starts again when a prune or replace deleted what the head it read
 #: named; each retry needs another host's head update in between, so a few suffice.
-READ_ATTEMPTS = 5
+READ_ATTEMPTS = 10
 #: Batch size of bulk deletes (S3's DeleteObjects takes at most 1000 keys).
 DELETE_BATCH = 1000
 
@@ -358,7 +358,7 @@ class S3Storage(Storage):
         self, run_id: str, timestamp: int | None, *, with_blobs: bool
     ) -> SavepointParts | None:
         prefix = run_dir(run_id)
-        for attempt in range(READ_ATTEMPTS):
+        for _attempt in range(READ_ATTEMPTS):
             head, etag = self._read_head(run_id)
             entry = None if head is None or head.deleted else head.entry(timestamp)
             if head is None or entry is None:
@@ -373,11 +373,14 @@ class S3Storage(Storage):
                     complete = False
                 else:
                     blobs[name] = blob[0]
-            if not complete and attempt + 1 < READ_ATTEMPTS and self._read_head(run_id)[1] != etag:
-                continue  # a prune or replace deleted them meanwhile: read the newer head
-            # Missing objects under an unchanged head are damage, which the base reports.
-            return SavepointParts(entry.timestamp, found[0] if found else b"", blobs)
-        raise AssertionError("unreachable")  # the last attempt always returns
+            # Objects missing under an unchanged head are damage, which the base reports;
+            # under a changed one, a prune or replace deleted them: read the newer head.
+            if complete or self._read_head(run_id)[1] == etag:
+                return SavepointParts(entry.timestamp, found[0] if found else b"", blobs)
+        raise BackendError(
+            f"run {run_id!r}: other writers changed the run during each of {READ_ATTEMPTS} "
+            "attempts to read a savepoint; nothing is damaged, try again"
+        )
 
     def _list_savepoints(self, run_id: str) -> list[SavepointInfo]:
         head, _ = self._read_head(run_id)
