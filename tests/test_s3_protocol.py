@@ -106,18 +106,18 @@ def test_a_prune_between_read_and_commit_makes_an_incremental_save_full(
     with _open(s3_store_url) as storage, _open(s3_store_url) as other:
         storage.init_storage("run")
         storage.save_savepoint("run", 1, shared)
-        read_head = storage._read_head
+        cached_head = storage._cached_head
         pruned: list[bool] = []
 
         def prune_after_read(run_id: str) -> Any:
-            found = read_head(run_id)
+            found = cached_head(run_id)  # the head this writer starts from
             if not pruned:
                 other.save_savepoint("run", 5, [("other", 1)])
                 other.delete_old_savepoints("run", 1)  # frees savepoint 1's blobs
                 pruned.append(True)
             return found
 
-        monkeypatch.setattr(storage, "_read_head", prune_after_read)
+        monkeypatch.setattr(storage, "_cached_head", prune_after_read)
         storage.save_savepoint("run", 2, [("still", "the same"), ("moving", 1)])
         monkeypatch.undo()
         assert storage.get_savepoint("run", 2) == (2, [("still", "the same"), ("moving", 1)])
@@ -166,6 +166,26 @@ def test_delete_run_leaves_a_tombstone_that_keeps_the_token(s3_store_url: str) -
         with pytest.raises(StaleWriterError):
             storage.save_savepoint("run", 2, payload(2), writer_token=token - 1)
         assert storage.acquire_writer("run") == token + 1
+
+
+def test_a_remembered_head_never_decides_a_refusal_or_a_no_op(s3_store_url: str) -> None:
+    """A handle writes from the head it last saw; when another host changed the run
+    since, every decision that writes nothing is made again on the current head."""
+    with _open(s3_store_url) as storage, _open(s3_store_url) as other:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, payload(1))
+        other.delete_run("run")
+        storage.init_storage("run")  # remembered: exists; current: dropped
+        assert other.is_initialized("run")
+        other.delete_savepoints("run", [7])  # nothing to do, and nothing done
+        other.save_savepoint("run", 7, payload(7))
+        storage.delete_savepoints("run", [7])  # remembered: no 7; current: there is
+        assert other.list_savepoints("run") == []
+        other.delete_run("run")
+        storage.init_storage("run")
+        token = other.acquire_writer("run")
+        storage.save_savepoint("run", 2, payload(2), writer_token=token)  # remembered: stale
+        assert [row.timestamp for row in other.list_savepoints("run")] == [2]
 
 
 def test_a_damaged_head_is_a_clear_error(s3_store_url: str) -> None:
@@ -243,28 +263,38 @@ def test_requests_per_operation_are_what_docs_s3_md_says(counted_url: str) -> No
     opened: list[S3Storage] = []
     assert _count(lambda: opened.append(_open(counted_url))) == {"PUT": 3, "POST": 1}
     storage = opened[0]
-    with storage:
+    with storage, _open(counted_url) as other:
         assert _count(lambda: storage.init_storage("run"), storage) == {"GET": 1, "PUT": 1}
-        # A save: read the head, put one pack and the manifest, replace the head.
-        assert _count(lambda: storage.save_savepoint("run", 1, payload(1)), storage) == {
+        # A save: one pack, the manifest, the head replaced on the ETag this handle
+        # remembers from its last write (no GET: nobody else wrote).
+        assert _count(lambda: storage.save_savepoint("run", 1, payload(1)), storage) == {"PUT": 3}
+        # Another handle's save: its first try starts from the head it read.
+        assert _count(lambda: other.save_savepoint("run", 2, payload(2)), other) == {
             "GET": 1,
             "PUT": 3,
         }
-        storage.save_savepoint("run", 2, payload(2))
+        # This handle's remembered head is stale now: its conditional put fails, it
+        # reads the head and puts again (the pack and manifest it uploaded are kept).
+        assert _count(lambda: storage.save_savepoint("run", 3, payload(3)), storage) == {
+            "GET": 1,
+            "PUT": 4,
+        }
         # A load: the head, the manifest, each pack.
         assert _count(lambda: storage.get_latest_savepoint("run"), storage) == {"GET": 3}
         assert _count(lambda: storage.list_savepoints("run"), storage) == {"GET": 1}
-        # A prune: the head twice (to choose, then to change), the new head, one listing
-        # of the run and one bulk delete.
+        assert _count(lambda: storage.acquire_writer("run"), storage) == {"GET": 1, "PUT": 1}
+        # A prune: the head (to choose), the new head, one listing of the run and one
+        # bulk delete.
         assert _count(lambda: storage.delete_old_savepoints("run", 1), storage) == {
-            "GET": 2,
+            "GET": 1,
             "PUT": 1,
             "LIST": 1,
             "POST": 1,
         }
         # Replacing a savepoint frees the old one's objects after the head update.
-        assert _count(lambda: storage.save_savepoint("run", 2, payload(3)), storage) == {
-            "GET": 1,
+        assert _count(lambda: storage.save_savepoint("run", 3, payload(4)), storage) == {
             "PUT": 3,
             "POST": 1,
         }
+        for timestamp, states in ((3, payload(4)),):
+            assert other.get_savepoint("run", timestamp) == (timestamp, states)

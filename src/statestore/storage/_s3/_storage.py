@@ -41,7 +41,13 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from ...codecs import Codec
-from ...errors import BackendError, ConfigError, RunNotInitializedError, StaleWriterError
+from ...errors import (
+    BackendError,
+    ConfigError,
+    RunNotInitializedError,
+    StaleWriterError,
+    StateStoreError,
+)
 from .._base import Capabilities, MissingBlobsError, SavepointInfo, SavepointParts, Storage
 from ..layout import SavepointRecord
 from . import _head
@@ -59,6 +65,8 @@ logger = logging.getLogger("statestore.s3")
 #: How often a read starts again when a prune or replace deleted what the head it read
 #: named; each retry needs another host's head update in between, so a few suffice.
 READ_ATTEMPTS = 10
+#: How many runs' heads one handle remembers (see ``_read_head``).
+HEAD_CACHE_RUNS = 64
 #: Batch size of bulk deletes (S3's DeleteObjects takes at most 1000 keys).
 DELETE_BATCH = 1000
 
@@ -80,6 +88,10 @@ class S3Storage(Storage):
         #: bill counts. The client's own retries of a failed request are not counted.
         self.requests: Counter[str] = Counter()
         self._requests_lock = threading.Lock()
+        # The head (and its ETag) this handle last read or wrote, by run, most recent
+        # last: a write starts from it and saves the head's GET when no one else wrote.
+        self._heads: dict[str, tuple[Head, str]] = {}
+        self._heads_lock = threading.Lock()
         self._store = S3Store(
             settings.bucket,
             prefix=settings.prefix or None,
@@ -149,11 +161,13 @@ class S3Storage(Storage):
 
     # ---------------------------------------------------------------- objects
 
-    def _put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> None:
+    def _put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str | None:
+        """Put one object; its new ETag (None if the server sent none)."""
         # One request: conditional puts cannot be multipart, and one savepoint's pack is
         # below S3's 5 GiB limit of a single put (max_savepoint_bytes is 2 GiB by default).
         self._count("PUT")
-        obstore.put(self._store, key, data, mode=mode, use_multipart=False)
+        result = obstore.put(self._store, key, data, mode=mode, use_multipart=False)
+        return result.get("e_tag")
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
         """The object's bytes and ETag, or None when there is no such object."""
@@ -190,27 +204,55 @@ class S3Storage(Storage):
 
     # ---------------------------------------------------------------- the head
 
+    def _cached_head(self, run_id: str) -> tuple[Head, str] | None:
+        """The head (and ETag) this handle last read or wrote for the run, if it has one.
+
+        Only a write may start from it, and only to write: the write is conditional on
+        the ETag, so a head another host changed meanwhile fails it, and the writer reads
+        the head afresh. Any other outcome from a remembered head (a refusal, nothing to
+        do) is decided again on a fresh read; reads always ask the server.
+        """
+        with self._heads_lock:
+            return self._heads.get(run_id)
+
     def _read_head(self, run_id: str) -> tuple[Head | None, str | None]:
         """The run's head and its ETag; (None, None) when the run never existed."""
         found = self._get(run_dir(run_id) + _head.HEAD)
         if found is None:
+            self._forget_head(run_id)
             return None, None
         data, etag = found
         head = decode_head(data, f"run {run_id!r}")
         if head.run_id != run_id:
             raise BackendError(f"run {run_id!r}: the run's head object names another run")
+        self._remember_head(run_id, head, etag)
         return head, etag
+
+    def _remember_head(self, run_id: str, head: Head, etag: str | None) -> None:
+        if etag is None:
+            self._forget_head(run_id)
+            return
+        with self._heads_lock:
+            self._heads.pop(run_id, None)
+            self._heads[run_id] = (head, etag)
+            while len(self._heads) > HEAD_CACHE_RUNS:
+                del self._heads[next(iter(self._heads))]
+
+    def _forget_head(self, run_id: str) -> None:
+        with self._heads_lock:
+            self._heads.pop(run_id, None)
 
     def _replace_head(self, run_id: str, new: Head, etag: str | None) -> bool:
         """Put ``new`` if the head is still the one with ``etag`` (None: no head yet).
 
-        True when it landed; False when another writer changed the head first. A put the
-        server applied but whose answer was lost fails its precondition when the client
-        retries it; finding its own nonce in the head then says it landed.
+        True when it landed; False when another writer changed the head first (the head
+        read to find out is then this handle's remembered one). A put the server applied
+        but whose answer was lost fails its precondition when the client retries it;
+        finding its own nonce in the head then says it landed.
         """
         mode: PutMode = "create" if etag is None else {"e_tag": etag}
         try:
-            self._put(run_dir(run_id) + _head.HEAD, encode_head(new), mode)
+            new_etag = self._put(run_dir(run_id) + _head.HEAD, encode_head(new), mode)
         except (PreconditionError, AlreadyExistsError):
             current, _ = self._read_head(run_id)
             return current is not None and current.nonce == new.nonce
@@ -223,6 +265,7 @@ class S3Storage(Storage):
             if now != etag:
                 return False
             raise  # still the head we read: whether the put lands is unknown
+        self._remember_head(run_id, new, new_etag)
         return True
 
     def _update(self, run_id: str, change: Change) -> tuple[Head | None, Head | None]:
@@ -231,11 +274,23 @@ class S3Storage(Storage):
         ``change`` returns the new head, or None for nothing to do (then the new head is
         None too), or raises; it is called again on the newer head after a lost race.
         """
+        known = self._cached_head(run_id)
         while True:
-            head, etag = self._read_head(run_id)
-            new = change(head)
+            head, etag = known if known is not None else self._read_head(run_id)
+            try:
+                new = change(head)
+            except (StateStoreError, MissingBlobsError):
+                if known is None:
+                    raise
+                known = None  # decided on a remembered head: decide on a fresh one
+                continue
+            if new is None and known is not None:
+                known = None
+                continue
+            known = None
             if new is None or self._replace_head(run_id, new, etag):
                 return head, new
+            known = self._cached_head(run_id)  # the head the lost race was read against
 
     def _collect_quietly(self, run_id: str, head: Head) -> None:
         """``_collect`` after a prune or drop that has landed: a failure to delete leaves
@@ -323,8 +378,19 @@ class S3Storage(Storage):
         older = [name for name in record.refs if name not in record.blobs]
         uploaded_epoch: int | None = None
         manifest_key = ""
+        known = self._cached_head(run_id)
         while True:
-            head, etag = self._read_head(run_id)
+            head, etag = known if known is not None else self._read_head(run_id)
+            refused = (
+                head is None
+                or head.deleted
+                or (writer_token is not None and writer_token != head.token)
+                or any(name not in head.blobs for name in older)
+            )
+            if refused and known is not None:
+                known = None  # a remembered head refuses nothing: read the current one
+                continue
+            known = None
             if head is None or head.deleted:
                 raise self._not_initialized(run_id)
             if writer_token is not None and writer_token != head.token:
@@ -350,6 +416,7 @@ class S3Storage(Storage):
             new = head.with_savepoints([*kept, entry], dict.fromkeys(record.blobs, head.epoch))
             if self._replace_head(run_id, new, etag):
                 break
+            known = self._cached_head(run_id)  # the head the lost race was read against
         # The commit landed: what the replaced savepoint alone named is free now.
         freed = head.referenced_keys() - new.referenced_keys()
         self._delete_quietly([prefix + key for key in sorted(freed)])
