@@ -155,6 +155,9 @@ class S3Server:
             "-master.volumeSizeLimitMB=64", "-volume.max=16", "-volume.preStopSeconds=0",
             # One master: a restart need not wait 10 s for a raft election it always wins.
             "-master.electionTimeout=1s",
+            # Its Unix sockets in its own directory, not left behind in /tmp.
+            f"-filer.localSocket={self.base / 'filer.sock'}",
+            f"-s3.localSocket={self.base / 's3.sock'}",
         ]  # fmt: skip
         with (self.base / "server.log").open("ab") as log:
             self.process = subprocess.Popen(
@@ -209,9 +212,13 @@ class S3Server:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        """Stop the server and delete its data."""
+        """Stop the server and delete its data, and the gRPC sockets it made in /tmp."""
         self.stop_server()
         shutil.rmtree(self.base, ignore_errors=True)
+        for name, port in self.ports.items():
+            if name.endswith(".grpc"):
+                role = name.split(".")[0]
+                Path(f"/tmp/seaweedfs-{role}-grpc-{port}.sock").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
