@@ -147,11 +147,17 @@ def test_a_real_server_passes_the_check(s3_store_url: str) -> None:
 
 class _AnswerLosingProxy(BaseHTTPRequestHandler):
     """Forwards every request to the S3 server; of the first ``lose`` conditional puts of a
-    head object, the server applies each but its answer never reaches the client."""
+    head object, the server applies each but its answer never reaches the client.
+
+    Only answers of success count, unless ``any_answer``: then the client's retries of
+    the applied put (which the server refuses: the head changed) go unanswered too, until
+    the client gives up.
+    """
 
     upstream: ClassVar[tuple[str, int]] = ("127.0.0.1", 0)
     lose: ClassVar[int] = 0
     lost: ClassVar[int] = 0
+    any_answer: ClassVar[bool] = False
     lock = threading.Lock()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -173,7 +179,7 @@ class _AnswerLosingProxy(BaseHTTPRequestHandler):
                 self.command == "PUT"
                 and self.path.split("?")[0].endswith("/head")
                 and "If-Match" in self.headers
-                and answer.status == 200
+                and (answer.status == 200 or self.any_answer)
                 and type(self).lost < self.lose
             )
             if drop:
@@ -196,12 +202,45 @@ class _AnswerLosingProxy(BaseHTTPRequestHandler):
     do_HEAD = _forward  # noqa: N815
 
 
-def test_a_head_update_applied_but_unanswered_is_not_done_twice(s3_server: S3Server) -> None:
+@pytest.fixture
+def losing_url(s3_server: S3Server) -> Iterator[str]:
+    """A store reached through :class:`_AnswerLosingProxy`; the client gives up after 1 s."""
     _AnswerLosingProxy.upstream = ("127.0.0.1", s3_server.ports["s3.port"])
+    _AnswerLosingProxy.lose = _AnswerLosingProxy.lost = 0
+    _AnswerLosingProxy.any_answer = False
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), _AnswerLosingProxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
-    url = s3_server.url(f"lost-{os.getpid()}-{time.monotonic_ns()}", endpoint=endpoint)
+    try:
+        yield s3_server.url(
+            f"lost-{os.getpid()}-{time.monotonic_ns()}", endpoint=endpoint, retry_timeout="1"
+        )
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_a_client_that_gave_up_on_an_applied_head_update_finds_it_landed(
+    losing_url: str,
+) -> None:
+    """Every answer to the put and to the client's retries of it is lost until the client
+    gives up: the writer reads the head, finds its own update, and does not do it again."""
+    with statestore.open_storage(losing_url) as storage:
+        storage.init_storage("run")
+        before = storage.acquire_writer("run")
+        _AnswerLosingProxy.lose, _AnswerLosingProxy.any_answer = 1000, True
+        token = storage.acquire_writer("run")
+        storage.save_savepoint("run", 1, payload(1), writer_token=token)
+        retried = _AnswerLosingProxy.lost
+        _AnswerLosingProxy.lose = 0
+        assert retried >= 3  # each operation's put was sent and retried, none answered
+        assert token == before + 1
+        assert storage.acquire_writer("run") == token + 1
+        assert storage.get_latest_savepoint("run") == (1, payload(1))
+
+
+def test_a_head_update_applied_but_unanswered_is_not_done_twice(losing_url: str) -> None:
+    url = losing_url
     try:
         with statestore.open_storage(url) as storage:
             storage.init_storage("run")
@@ -234,8 +273,7 @@ def test_a_head_update_applied_but_unanswered_is_not_done_twice(s3_server: S3Ser
             wanted = {run_dir("run") + key for key in head.referenced_keys()}
             assert stored == wanted | {run_dir("run") + "head"}
     finally:
-        proxy.shutdown()
-        proxy.server_close()
+        _AnswerLosingProxy.lose = 0
 
 
 # ------------------------------------------------------------------ the server killed
