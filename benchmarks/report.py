@@ -135,7 +135,15 @@ def _w1_table(w1: Timed) -> str:
         f"\n\nFastest peer: save {peer_save}, load {peer_load}. Medians of "
         f"{w1.params['savepoints']} savepoints and {w1.params['loads']} loads; "
         f"{w1.params['entities']:,} entities, {_mb(w1.params['bytes'])} MB as one "
-        "MessagePack document."
+        "MessagePack document." + _requests_note(w1)
+    )
+
+
+def _requests_note(timed: Timed) -> str:
+    """The requests per save of the subjects that count them (S3), when any ran."""
+    counted = timed.params.get("requests_per_save") or {}
+    return "".join(
+        f" {name}: {requests:.1f} requests per save." for name, requests in counted.items()
     )
 
 
@@ -191,7 +199,7 @@ def _w3_table(w3: Timed) -> str:
         f"{w3.params['sparse']} sparse savepoints). The floor rewrites everything each time. "
         "The `-changes` subjects save sparse savepoints through `save_changes` with the "
         f"changed states only ({_kb(w3.params.get('changed_bytes'))} KiB encoded in the "
-        "last one)."
+        "last one)." + _requests_note(w3)
     )
 
 
