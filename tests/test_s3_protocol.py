@@ -265,22 +265,22 @@ def test_requests_per_operation_are_what_docs_s3_md_says(counted_url: str) -> No
     storage = opened[0]
     with storage, _open(counted_url) as other:
         assert _count(lambda: storage.init_storage("run"), storage) == {"GET": 1, "PUT": 1}
-        # A save: one pack, the manifest, the head replaced on the ETag this handle
-        # remembers from its last write (no GET: nobody else wrote).
-        assert _count(lambda: storage.save_savepoint("run", 1, payload(1)), storage) == {"PUT": 3}
+        # A save: one pack, its table, the manifest, the head replaced on the ETag this
+        # handle remembers from its last write (no GET: nobody else wrote).
+        assert _count(lambda: storage.save_savepoint("run", 1, payload(1)), storage) == {"PUT": 4}
         # Another handle's save: its first try starts from the head it read.
         assert _count(lambda: other.save_savepoint("run", 2, payload(2)), other) == {
             "GET": 1,
-            "PUT": 3,
+            "PUT": 4,
         }
         # This handle's remembered head is stale now: its conditional put fails, it
         # reads the head and puts again (the pack and manifest it uploaded are kept).
         assert _count(lambda: storage.save_savepoint("run", 3, payload(3)), storage) == {
             "GET": 1,
-            "PUT": 4,
+            "PUT": 5,
         }
-        # A load: the head, the manifest, each pack.
-        assert _count(lambda: storage.get_latest_savepoint("run"), storage) == {"GET": 3}
+        # A load: the head, the manifest, its table, its pack.
+        assert _count(lambda: storage.get_latest_savepoint("run"), storage) == {"GET": 4}
         assert _count(lambda: storage.list_savepoints("run"), storage) == {"GET": 1}
         assert _count(lambda: storage.acquire_writer("run"), storage) == {"GET": 1, "PUT": 1}
         # A prune: the head (to choose), the new head, one listing of the run and one
@@ -291,9 +291,11 @@ def test_requests_per_operation_are_what_docs_s3_md_says(counted_url: str) -> No
             "LIST": 1,
             "POST": 1,
         }
-        # Replacing a savepoint frees the old one's objects after the head update.
+        # Replacing a savepoint frees the old one's objects after the head update. (The
+        # first save after a load also reads the loaded savepoint again, to build on it.)
         assert _count(lambda: storage.save_savepoint("run", 3, payload(4)), storage) == {
-            "PUT": 3,
+            "GET": 4,
+            "PUT": 4,
             "POST": 1,
         }
         for timestamp, states in ((3, payload(4)),):
