@@ -286,6 +286,9 @@ def _manifest_packs(m: Manifest) -> Packs:
     )
 
 
+_ONES = itertools.repeat(1)
+
+
 def _reusable(
     ids: Sequence[str],
     hashes: list[int],
@@ -306,18 +309,34 @@ def _reusable(
     """
     position, b_hashes, m = base.position, base.hashes, base.manifest
     b_lengths, b_packs = m.lengths, m.pack_index
-    # Comprehensions, not one loop with appends: this touches every entity of every save.
-    found = [position.get(entity_id, -1) for entity_id in ids]
-    rows = [
-        row if row >= 0 and b_hashes[row] == digest and b_lengths[row] == length else -1
-        for row, digest, length in zip(found, hashes, lengths, strict=True)
-    ]
+    # This touches every entity of every save: C-level maps, not Python loops.
+    if list(ids) == m.ids:  # the base's entities in its order: row i is entity i
+        same = list(
+            map(
+                operator.and_,
+                map(operator.eq, hashes, b_hashes),
+                map(operator.eq, lengths, b_lengths),
+            )
+        )
+        # i where the state is the base's, else -1: (i + 1) * same - 1.
+        rows = list(map(operator.sub, map(operator.mul, same, range(1, len(same) + 1)), _ONES))
+    else:
+        found = list(map(position.get, ids, itertools.repeat(-1)))
+        rows = [
+            row if row >= 0 and b_hashes[row] == digest and b_lengths[row] == length else -1
+            for row, digest, length in zip(found, hashes, lengths, strict=True)
+        ]
+    reused = list(filter((-1).__lt__, rows))
+    if not reused:
+        return rows
     other = {pack for pack, written in enumerate(m.pack_versions) if written != version}
     live = [0] * len(m.packs)
-    for row in rows:
-        if row >= 0:
+    if len(live) == 1:
+        live[0] = sum(map(b_lengths.__getitem__, reused))
+    else:
+        for row in reused:
             live[b_packs[row]] += b_lengths[row]
-    changed = sum(length for row, length in zip(rows, lengths, strict=True) if row < 0)
+    changed = sum(itertools.compress(lengths, map((0).__gt__, rows)))
     used = [pack for pack, size in enumerate(live) if size and pack not in other]
     live_total = changed + sum(live[pack] for pack in used)
     referenced = changed + sum(m.pack_raw[pack] for pack in used)
