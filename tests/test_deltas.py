@@ -262,3 +262,21 @@ def test_encoded_states_that_are_not_one_value_are_refused(storage: Storage, dat
     assert [row.timestamp for row in storage.list_savepoints("run")] == [1]
     storage.save_encoded_savepoint("run", 2, [("b", good), ("c", bytes(good))])  # checked, fine
     assert storage.get_latest_savepoint("run") == (2, [("b", {"ok": True}), ("c", {"ok": True})])
+
+
+def test_a_loaded_savepoint_replaced_before_the_next_save_is_not_built_on(url: str) -> None:
+    """A load keeps the manifest only; the first save after it reads the packs again
+    and builds on them only if the savepoint is still the one loaded."""
+    with open_storage(url) as writer, open_storage(url) as other:
+        writer.init_storage("run")
+        writer.save_savepoint("run", 1, states(200))
+        reader = open_storage(url)
+        reader.get_latest_savepoint("run")
+        other.save_savepoint("run", 1, states(200, {7: 7}))  # replaced at its timestamp
+        writer.delete_old_savepoints("run", 1)
+        reader.save_savepoint("run", 2, states(200, {3: 3}))
+        assert reader.get_latest_savepoint("run") == (2, states(200, {3: 3}))
+        assert len(manifest(reader, 2).tables) == 1  # a full save: its base was replaced
+        reader.save_savepoint("run", 3, states(200, {3: 4}))
+        assert len(manifest(reader, 3).tables) == 2  # then deltas on its own save again
+        reader.close()

@@ -99,10 +99,11 @@ def test_backend_classes_import_from_statestore_storage() -> None:
         FileStorage,
         MemoryStorage,
         PostgresStorage,
+        S3Storage,
         SQLiteStorage,
     )
 
-    for cls in (FileStorage, MemoryStorage, PostgresStorage, SQLiteStorage):
+    for cls in (FileStorage, MemoryStorage, PostgresStorage, S3Storage, SQLiteStorage):
         assert issubclass(cls, statestore.storage.Storage), cls
         assert cls.__name__ in statestore.storage.__all__
     assert isinstance(statestore.open_storage("memory://"), MemoryStorage)
@@ -116,5 +117,16 @@ def test_statestore_storage_does_not_load_psycopg() -> None:
         "assert 'psycopg' not in sys.modules, 'psycopg loaded'\n"
         "from statestore.storage import PostgresStorage\n"
         "assert 'psycopg' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_statestore_storage_does_not_load_obstore() -> None:
+    # S3Storage is exported lazily too: obstore is the s3 extra.
+    code = (
+        "import sys, statestore, statestore.storage\n"
+        "assert 'obstore' not in sys.modules, 'obstore loaded'\n"
+        "from statestore.storage import S3Storage\n"
+        "assert 'obstore' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -172,6 +172,11 @@ def test_schema_with_a_percent_is_refused_before_any_query(postgres_url: str) ->
         ("host=h password='p w' dbname=d", "host=h password=*** dbname=d"),
         ("failed: 'postgres://u:pw@h/db' is down", "failed: 'postgres://u:***@h/db' is down"),
         ("sqlite:///a?b.db", "sqlite:///a?b.db"),
+        (
+            "s3://b/p?access_key_id=AK&secret_access_key=s%2Fk&session_token=t",
+            "s3://b/p?access_key_id=AK&secret_access_key=***&session_token=***",
+        ),
+        ("s3://b?SECRET_ACCESS_KEY=sk&region=r", "s3://b?SECRET_ACCESS_KEY=***&region=r"),
         ("sqlite:///dir:x@y/a.db", "sqlite:///dir:x@y/a.db"),
     ],
 )

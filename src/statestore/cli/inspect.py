@@ -8,7 +8,15 @@ import dataclasses
 from .. import ops
 from ..storage import SQLiteStorage, redact_url
 from ._common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, Commands, open_store
-from .output import Output, format_date, format_size, is_abbreviated, to_json
+from .output import (
+    ENTITY_SIZE_COLUMNS,
+    Output,
+    entity_size_rows,
+    format_date,
+    format_size,
+    is_abbreviated,
+    to_json,
+)
 
 __all__ = ["register"]
 
@@ -202,16 +210,8 @@ def stats(args: argparse.Namespace, out: Output) -> int:
         out.line()
         out.line(f"biggest entities (latest savepoint, top {len(run_stats.biggest)}):")
         out.table(
-            ["entity", "encoded", "stored", "compressed"],
-            [
-                [
-                    e.entity_id,
-                    format_size(e.encoded),
-                    format_size(e.stored),
-                    "yes" if e.compressed else "no",
-                ]
-                for e in run_stats.biggest
-            ],
+            ENTITY_SIZE_COLUMNS,
+            entity_size_rows(run_stats.biggest),
             right=["encoded", "stored"],
         )
     return EXIT_OK

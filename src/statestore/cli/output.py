@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -217,3 +217,21 @@ def _mapping_to_json(value: Mapping[Any, Any]) -> Any:
     if all(isinstance(key, str) for key in value) and list(value) != [MAP_TAG]:
         return {key: to_json(item) for key, item in value.items()}
     return {MAP_TAG: [[to_json(key), to_json(item)] for key, item in value.items()]}
+
+
+#: The columns of :func:`entity_size_rows`.
+ENTITY_SIZE_COLUMNS = ["entity", "encoded", "stored", "compressed"]
+
+
+def entity_size_rows(entities: Iterable[Any]) -> list[list[str]]:
+    """One row per entity size (``ops.EntitySize``): how the command and the web view list
+    a run's biggest entities."""
+    return [
+        [
+            e.entity_id,
+            format_size(e.encoded),
+            format_size(e.stored),
+            "yes" if e.compressed else "no",
+        ]
+        for e in entities
+    ]

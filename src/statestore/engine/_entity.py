@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from ..aio import Workers, twin
 from ..errors import InvalidArgumentError, RunNotInitializedError
 from ..storage import validate
 
@@ -48,6 +49,8 @@ class Entity:
     #: Whether update_state was called since the last save (what the store's trust mode
     #: saves by).
     _dirty: bool = field(default=True, repr=False, compare=False)
+    #: Where :meth:`aack_processed_time` runs: the store's storage's worker threads.
+    _workers: Workers | None = field(default=None, repr=False, compare=False)
 
     def update_state(self, timestamp: int, state: Any) -> Entity:
         """Set the state after processing an input at ``timestamp``; in memory only.
@@ -96,3 +99,6 @@ class Entity:
             self.next_savepoint = self.last_savepoint + schedule
         self.timestamp = timestamp
         return self
+
+    #: Awaitable :meth:`ack_processed_time` (statestore.aio): it may persist a savepoint.
+    aack_processed_time = twin(ack_processed_time, persists=True)

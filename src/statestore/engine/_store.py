@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from .. import collector
+from ..aio import Workers, twin
 from ..errors import (
     InvalidArgumentError,
     NoSavepointError,
@@ -254,6 +255,7 @@ class StateStore:
             _save_into=self._save_entity,
             _generation=generation,
             _dirty=dirty,
+            _workers=self._workers,
         )
 
     def entities(self) -> list[Entity]:
@@ -574,6 +576,20 @@ class StateStore:
                 raise
             fills.finish(timestamp)
             self._persisted(timestamp)
+
+    # ---------------------------------------------------------------- coroutine twins
+    # Every call that can persist a savepoint, awaitable (DESIGN §9, docs/async.md): each
+    # runs the blocking method whole (its bookkeeping under the lock included) in the
+    # storage's worker threads, so the lock is never held across an await.
+
+    @property
+    def _workers(self) -> Workers:
+        return self.storage._workers
+
+    astart = twin(start, persists=True)
+    asave = twin(save, persists=True)
+    aack_processed_time = twin(ack_processed_time, persists=True)
+    aremove_entity = twin(remove_entity, persists=True)
 
 
 def _advance(entities: list[Entity], timestamp: int) -> None:

@@ -7,7 +7,7 @@ Layout of this package, one concern per module:
 * ``validate.py``: argument checks (public: the engine and the operations use them too)
 * ``_registry.py``: URL scheme to backend, :func:`open_storage`
 * ``_functions.py``: the process-wide configured storage and the seed's functions
-* ``_memory.py``, ``_sqlite.py``, ``_files.py``, ``_postgres/``: one backend each
+* ``_memory.py``, ``_sqlite.py``, ``_files.py``, ``_postgres/``, ``_s3/``: one backend each
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .url import redact_url
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStorage
+    from ._s3 import S3Storage
 
 __all__ = [
     "LIMIT_OPTION",
@@ -57,6 +58,7 @@ __all__ = [
     "MemoryStorage",
     "MissingBlobsError",
     "PostgresStorage",
+    "S3Storage",
     "SQLiteStorage",
     "Savepoint",
     "SavepointInfo",
@@ -82,10 +84,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # PostgresStorage is imported only when asked for: psycopg is an optional extra, and
-    # ``import statestore`` must neither need it nor pay for loading it.
+    # PostgresStorage and S3Storage are imported only when asked for: psycopg and obstore
+    # are optional extras, and ``import statestore`` must neither need them nor pay for
+    # loading them.
     if name == "PostgresStorage":
         from ._postgres import PostgresStorage  # noqa: PLC0415
 
         return PostgresStorage
+    if name == "S3Storage":
+        from ._s3 import S3Storage  # noqa: PLC0415
+
+        return S3Storage
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
 from .. import collector, observe
+from ..aio import DEFAULT_WORKERS, Workers, twin
 from ..codecs import Codec, SafeCodec
 from ..errors import (
     BackendError,
@@ -224,9 +225,15 @@ class Storage(ABC):
         self._closed = False
         self._close_lock = threading.Lock()
         # The previous savepoint of recently written or loaded runs, by entity: what
-        # makes the next save incremental. Insertion-ordered; oldest evicted first.
-        self._reuse_bases: dict[str, ReuseBase] = {}
+        # makes the next save incremental. Insertion-ordered; oldest evicted first. A
+        # loaded savepoint is kept as its manifest and made a base when a save needs it.
+        self._reuse_bases: dict[str, ReuseBase | layout.Manifest] = {}
         self._reuse_bases_lock = threading.Lock()
+        #: The threads the ``a``-prefixed twins run in (statestore.aio), started on first use.
+        self._workers = Workers(type(self).__name__, self.async_workers)
+
+    #: How many worker threads this storage's coroutine twins may use at once.
+    async_workers: int = DEFAULT_WORKERS
 
     # ---------------------------------------------------------------- the contract
 
@@ -492,9 +499,27 @@ class Storage(ABC):
 
     def _reuse_base(self, run_id: str) -> ReuseBase | None:
         with self._reuse_bases_lock:
-            return self._reuse_bases.get(run_id)
+            base = self._reuse_bases.get(run_id)
+        if not isinstance(base, layout.Manifest):
+            return base
+        # A loaded savepoint: read its packs again, check and hash them (see reuse_base).
+        try:
+            with self._boundary(run_id, base.timestamp):
+                parts = self._read_savepoint(run_id, base.timestamp, with_blobs=True)
+        except StateStoreError:
+            parts = None  # gone or unreadable: this save is a full one
+        made = None
+        if parts is not None:
+            made = layout.reuse_base(run_id, base, parts.manifest, parts.blobs)
+        with self._reuse_bases_lock:
+            if self._reuse_bases.get(run_id) is base:
+                if made is None:
+                    del self._reuse_bases[run_id]
+                else:
+                    self._reuse_bases[run_id] = made
+        return made
 
-    def _remember_base(self, run_id: str, base: ReuseBase) -> None:
+    def _remember_base(self, run_id: str, base: ReuseBase | layout.Manifest) -> None:
         with self._reuse_bases_lock:
             self._reuse_bases.pop(run_id, None)
             self._reuse_bases[run_id] = base
@@ -661,6 +686,8 @@ class Storage(ABC):
 
     def close(self) -> None:
         """Release connections and files; further use is an error of the caller."""
+        # The coroutine twins' calls, queued or running, finish first, on the open store.
+        self._workers.shutdown()
         with self._close_lock:
             if self._closed:
                 return
@@ -678,6 +705,44 @@ class Storage(ABC):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    # ---------------------------------------------------------------- coroutine twins
+    # The same operations, awaitable (DESIGN §9, docs/async.md): each runs the blocking
+    # method above in this storage's worker threads; ``persists`` marks those that write.
+
+    ais_initialized = twin(is_initialized, persists=False)
+    ainit_storage = twin(init_storage, persists=True)
+    asave_savepoint = twin(save_savepoint, persists=True)
+    asave_encoded_savepoint = twin(save_encoded_savepoint, persists=True)
+    asave_changes = twin(save_changes, persists=True)
+    asave_encoded_changes = twin(save_encoded_changes, persists=True)
+    aget_latest_savepoint = twin(get_latest_savepoint, persists=False)
+    aload_savepoint = twin(load_savepoint, persists=False)
+    aget_latest_savepoint_timestamp = twin(get_latest_savepoint_timestamp, persists=False)
+    aget_savepoint = twin(get_savepoint, persists=False)
+    alist_savepoints = twin(list_savepoints, persists=False)
+    alist_runs = twin(list_runs, persists=False)
+    adelete_old_savepoints = twin(delete_old_savepoints, persists=True)
+    adelete_run = twin(delete_run, persists=True)
+
+    async def aclose(self) -> None:
+        """Awaitable :meth:`close`: waits for the twins' calls in flight, then closes.
+
+        It runs on a thread of its own, since closing waits for this storage's worker
+        threads and cannot run on one of them; cancelled, it ends first, as a write does.
+        """
+        await self._workers.close_with(self.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     # ---------------------------------------------------------------- shared helpers
 
@@ -717,13 +782,10 @@ class Storage(ABC):
         with collector.paused():
             manifest, packs = self._read_checked(run_id, timestamp)
             codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
-            # A resumed run saves next: base that save on what it loaded.
-            keep_base = timestamp is None
-            entities, base = layout.decode_states(
-                run_id, manifest, packs, codec, keep_base=keep_base
-            )
-            if base is not None:
-                self._remember_base(run_id, base)
+            entities = layout.decode_states(run_id, manifest, packs, codec)
+            if timestamp is None and isinstance(manifest, layout.Manifest):
+                # A resumed run saves next: that save builds on what was loaded.
+                self._remember_base(run_id, manifest)
             return build(manifest, entities)
 
     @contextlib.contextmanager

@@ -28,6 +28,7 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "file": ("statestore.storage._files", "FileStorage", None),
     "postgresql": ("statestore.storage._postgres", "PostgresStorage", "postgres"),
     "postgres": ("statestore.storage._postgres", "PostgresStorage", "postgres"),
+    "s3": ("statestore.storage._s3", "S3Storage", "s3"),
 }
 
 
@@ -38,7 +39,8 @@ def open_storage(url: str, codec: Codec | None = None, **options: Any) -> Storag
     >>> storage.init_storage("run-1")
 
     ``memory://[NAME]``, ``sqlite:///relative.db`` or ``sqlite:////absolute.db``,
-    ``file:///absolute/dir``, ``postgresql://user:pass@host:port/db``. ``codec``
+    ``file:///absolute/dir``, ``postgresql://user:pass@host:port/db``,
+    ``s3://bucket/prefix?endpoint=...`` (see docs/s3.md). ``codec``
     defaults to :class:`~statestore.codecs.SafeCodec`; ``options`` go to the backend,
     except ``max_savepoint_bytes`` (also ``?max_savepoint_bytes=N`` in the URL), the most
     bytes one savepoint's states may encode to (default 2 GiB), which every backend keeps.

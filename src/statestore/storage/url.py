@@ -23,7 +23,13 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["SECRET_PARAMETERS", "redact_url", "split_store_url", "take_options"]
+__all__ = [
+    "REDACTED_PARAMETERS",
+    "SECRET_PARAMETERS",
+    "redact_url",
+    "split_store_url",
+    "take_options",
+]
 
 # ``scheme://user:password@``, at the start or inside a message (after a blank or quote).
 _PASSWORD = re.compile(
@@ -31,6 +37,9 @@ _PASSWORD = re.compile(
 )
 #: The libpq parameters that hold a secret (a ``passfile`` path is not one).
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+#: Every query option whose value :func:`redact_url` hides: libpq's, and the S3
+#: backend's credentials (``s3://bucket?secret_access_key=...&session_token=...``).
+REDACTED_PARAMETERS = SECRET_PARAMETERS | {"secret_access_key", "session_token"}
 # A query parameter: its value runs to the next ``&`` (libpq takes everything up to it).
 _QUERY_PARAMETER = re.compile(r"(?P<head>[?&](?P<name>[^=&?#\s]*)=)(?P<value>[^&]*)")
 # ``password=...`` of a libpq key=value connection string (quoted or a bare word).
@@ -45,7 +54,8 @@ def redact_url(url: str) -> str:
 
     Redacted: the password of ``user:password@``, and the value of every query parameter
     libpq reads as a secret (``password``, ``sslpassword``, their names percent-escaped
-    or not, as libpq decodes them), also as ``password=...`` in a key=value string.
+    or not, as libpq decodes them), also as ``password=...`` in a key=value string, and
+    the S3 backend's ``secret_access_key`` and ``session_token`` options.
     """
     url = _PASSWORD.sub(r"\g<head>***", url)
     url = _QUERY_PARAMETER.sub(_redact_parameter, url)
@@ -53,9 +63,9 @@ def redact_url(url: str) -> str:
 
 
 def _redact_parameter(match: re.Match[str]) -> str:
-    """A ``name=value`` query parameter, its value hidden when libpq reads it as a secret."""
+    """A ``name=value`` query parameter, its value hidden when it is a secret."""
     # Compared without case: hiding a value libpq would refuse anyway costs nothing.
-    if urllib.parse.unquote(match.group("name")).lower() in SECRET_PARAMETERS:
+    if urllib.parse.unquote(match.group("name")).lower() in REDACTED_PARAMETERS:
         return match.group("head") + "***"
     return match.group(0)
 

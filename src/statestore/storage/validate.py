@@ -7,6 +7,7 @@ value it accepted or raises :class:`~statestore.errors.InvalidArgumentError` say
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,15 +76,18 @@ def entities(value: Any, run: str) -> tuple[list[str], list[Any]]:
     # no duplicates, valid Unicode. Anything else goes to the item-by-item check below,
     # which names the first bad entity.
     if set(map(type, items)) <= {tuple} and set(map(len, items)) <= {2}:
-        ids = [item[0] for item in items]
-        if all(type(entity_id) is str for entity_id in ids) and len(set(ids)) == len(ids):
+        ids = list(map(_first, items))
+        if set(map(type, ids)) <= {str} and len(set(ids)) == len(ids):
             try:
                 "".join(ids).encode("utf-8")
             except UnicodeEncodeError:
                 pass
             else:
-                return ids, [item[1] for item in items]
+                return ids, list(map(_second, items))
     return _entities_one_by_one(items, run)
+
+
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def _entities_one_by_one(items: list[Any], run: str) -> tuple[list[str], list[Any]]:

@@ -21,7 +21,9 @@ and filling in the hooks of :class:`~statestore.testing.hooks.BackendHooks`::
 
 :class:`InProcessConformance` is the suite for a store that processes cannot share;
 :class:`FullDiskTests` adds the full-disk and file-size-limit tests for a store on a
-local directory. The long tests are marked ``slow``: register the marker in your pytest
+local directory; :class:`ThroughAsyncAPI` runs a backend's suite through the coroutine
+twins (``asave_savepoint`` ...).
+The long tests are marked ``slow``: register the marker in your pytest
 configuration (``markers = ["slow: ..."]``) when you run with ``--strict-markers``.
 
 Requires pytest and hypothesis (``pip install 'statestore[dev]'``).
@@ -36,14 +38,22 @@ if TYPE_CHECKING:
     from .conformance import InProcessConformance, StorageConformance
     from .faults import FullDiskTests
     from .hooks import BackendHooks
+    from .through_async import ThroughAsyncAPI
 
-__all__ = ["BackendHooks", "FullDiskTests", "InProcessConformance", "StorageConformance"]
+__all__ = [
+    "BackendHooks",
+    "FullDiskTests",
+    "InProcessConformance",
+    "StorageConformance",
+    "ThroughAsyncAPI",
+]
 
 _HOMES = {
     "BackendHooks": "hooks",
     "FullDiskTests": "faults",
     "InProcessConformance": "conformance",
     "StorageConformance": "conformance",
+    "ThroughAsyncAPI": "through_async",
 }
 
 

@@ -19,7 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .. import ops
-from ..cli.output import format_date, format_size
+from ..cli.output import ENTITY_SIZE_COLUMNS, entity_size_rows, format_date, format_size
 from ..errors import (
     CorruptSavepointError,
     InvalidArgumentError,
@@ -160,19 +160,7 @@ class _Pages:
             ],
             id="timeline",
         )
-        biggest = table(
-            ["entity", "encoded", "stored", "compressed"],
-            [
-                [
-                    e.entity_id,
-                    format_size(e.encoded),
-                    format_size(e.stored),
-                    "yes" if e.compressed else "no",
-                ]
-                for e in stats.biggest
-            ],
-            id="biggest",
-        )
+        biggest = table(ENTITY_SIZE_COLUMNS, entity_size_rows(stats.biggest), id="biggest")
         health = self.verified.health(run_id)
         return f"Run {run_id}", join(
             tag(

@@ -85,6 +85,7 @@ from ._read import (
     decode_state,
     decode_states,
     extract_states,
+    reuse_base,
     stored_states,
 )
 from ._tables import seal_table
@@ -137,6 +138,7 @@ __all__ = [
     "fingerprint",
     "from_column",
     "new_blob_name",
+    "reuse_base",
     "seal_manifest",
     "seal_table",
     "stored_states",

@@ -226,6 +226,22 @@ def from_column(data: object, count: int | None = None) -> list[int] | None:
     return column.tolist()
 
 
+def record_problem(fields: object, needed: tuple[str, ...], timestamp: int) -> str | None:
+    """What is wrong with a decoded manifest's common fields (a record holding ``needed``,
+    ``ts`` the savepoint's timestamp, ``codec`` a name), if anything."""
+    if not isinstance(fields, dict):
+        return "is not a record"
+    missing = set(needed) - fields.keys()
+    if missing:
+        return f"lacks {sorted(missing)[0]!r}"
+    ts, codec = fields["ts"], fields["codec"]
+    if type(ts) is not int or ts != timestamp:
+        return f"is for timestamp {ts!r}"
+    if type(codec) is not str or not 0 < len(codec) <= MAX_CODEC_NAME:
+        return "names no codec"
+    return None
+
+
 def seal_manifest(body: bytes, version: int = FORMAT_VERSION) -> bytes:
     """A manifest body with its header: magic, version and the checksum over both."""
     return MANIFEST_HEADER.pack(MANIFEST_MAGIC, version, versioned_crc(version, body)) + body

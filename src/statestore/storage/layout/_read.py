@@ -11,7 +11,7 @@ import zstandard
 
 from ... import collector
 from ...codecs import Codec, SafeCodec
-from ...errors import ConfigError
+from ...errors import ConfigError, CorruptSavepointError
 from ..durable import versioned_crc
 from . import _v1
 from ._format import (
@@ -255,29 +255,19 @@ def decode_state(
 
 
 def decode_states(
-    run_id: str,
-    manifest: Manifest | ManifestV1,
-    packs: Mapping[str, bytes],
-    codec: Codec,
-    *,
-    keep_base: bool = False,
-) -> tuple[list[tuple[str, object]], ReuseBase | None]:
-    """Verify and decode every state of the manifest, in save order.
-
-    With ``keep_base``, also the base for the run's next incremental save (None for a
-    version-1 savepoint, whose packs are never reused).
-    """
+    run_id: str, manifest: Manifest | ManifestV1, packs: Mapping[str, bytes], codec: Codec
+) -> list[tuple[str, object]]:
+    """Verify and decode every state of the manifest, in save order."""
     # Everything built here is the live result, not garbage: see statestore.collector.
     with collector.paused():
         if isinstance(manifest, ManifestV1):
             raws = _v1.extract(
                 manifest, packs, lambda why: corrupt(run_id, manifest.timestamp, why)
             )
-            entities = [
+            return [
                 (entity_id, decode_state(run_id, manifest.timestamp, entity_id, codec, raw))
                 for entity_id, raw in zip(manifest.ids, raws, strict=True)
             ]
-            return entities, None
         bodies = _pack_bodies(run_id, manifest, packs)
         decoded = {k: _decode_pack(run_id, manifest, k, body, codec) for k, body in bodies.items()}
         if (
@@ -293,9 +283,28 @@ def decode_states(
                 decoded[pack][index]
                 for pack, index in zip(manifest.pack_index, manifest.indexes, strict=True)
             ]
-        entities = list(zip(manifest.ids, states, strict=True))
-        if not keep_base:
-            return entities, None
-        hashes = list(map(fingerprint, _slices(manifest, bodies)))  # see ReuseBase
-        position = dict(zip(manifest.ids, range(len(manifest.ids)), strict=True))
-        return entities, ReuseBase(manifest, position, hashes)
+        return list(zip(manifest.ids, states, strict=True))
+
+
+def reuse_base(
+    run_id: str, loaded: Manifest, manifest: bytes, blobs: Mapping[str, bytes]
+) -> ReuseBase | None:
+    """The base of the run's next save, from the savepoint ``loaded`` (a manifest read
+    earlier) as stored now (``manifest`` and ``blobs``, read again): its packs verified
+    and each state's hash taken.
+
+    A load does not do this itself: most loads (a reader, a resume that never saves)
+    would pay for nothing. None when the savepoint was replaced since (another head)
+    or its bytes fail a check: the next save is then a full one.
+    """
+    try:
+        fields = msgpack.unpackb(memoryview(manifest)[MANIFEST_HEADER.size :], raw=False)
+        if not isinstance(fields, dict) or fields.get("tables") != loaded.tables:
+            return None
+        bodies = _pack_bodies(run_id, loaded, blobs)
+    except (CorruptSavepointError, ValueError, TypeError, msgpack.UnpackException):
+        return None
+    with collector.paused():
+        hashes = list(map(fingerprint, _slices(loaded, bodies)))
+        position = dict(zip(loaded.ids, range(len(loaded.ids)), strict=True))
+    return ReuseBase(loaded, position, hashes)

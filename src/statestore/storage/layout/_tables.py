@@ -32,7 +32,6 @@ from ._format import (
     ENTITY_COLUMNS,
     FORMAT_VERSION,
     MAX_CHAIN,
-    MAX_CODEC_NAME,
     MAX_INT64,
     MAX_STATE_BYTES,
     MAX_STATE_VERSION,
@@ -47,6 +46,7 @@ from ._format import (
     Manifest,
     from_column,
     is_blob_name,
+    record_problem,
     to_column,
 )
 
@@ -205,16 +205,11 @@ def parse_head(
     fields: object, timestamp: int
 ) -> tuple[str, int, list[str], list[int], list[int]] | str:
     """``(codec, count, tables, sizes, crcs)`` of a decoded head, or what is wrong with it."""
-    if not isinstance(fields, dict):
-        return "is not a record"
-    missing = set(_HEAD_FIELDS) - fields.keys()
-    if missing:
-        return f"lacks {sorted(missing)[0]!r}"
-    ts, codec, count, tables = fields["ts"], fields["codec"], fields["count"], fields["tables"]
-    if type(ts) is not int or ts != timestamp:
-        return f"is for timestamp {ts!r}"
-    if type(codec) is not str or not 0 < len(codec) <= MAX_CODEC_NAME:
-        return "names no codec"
+    problem = record_problem(fields, _HEAD_FIELDS, timestamp)
+    if problem is not None:
+        return problem
+    assert isinstance(fields, dict)
+    codec, count, tables = fields["codec"], fields["count"], fields["tables"]
     if type(count) is not int or not 0 <= count <= MAX_U32:
         return "has a bad entity count"
     if not isinstance(tables, list) or not 0 < len(tables) <= MAX_CHAIN + 1:
@@ -350,7 +345,14 @@ def check(m: Manifest) -> str | None:
     if max(m.lengths) > MAX_STATE_BYTES:
         return "has a bad length column"
     ends = list(map(operator.add, m.offsets, m.lengths))
-    if len(packs) == 1:  # the common case, in C: every entity is in pack 0
+    if len(packs) == 1 and m.indexes == list(range(len(ids))):
+        # The commonest case, a first or full save: pack 0 holds the states in order.
+        if len(ids) > m.pack_counts[0]:
+            return "has a bad index column"
+        if max(ends) > m.pack_raw[0]:
+            return "points past the end of a pack"
+        return None
+    if len(packs) == 1:  # every entity is in pack 0, in C
         counts: Iterable[int] = itertools.repeat(m.pack_counts[0])
         raws: Iterable[int] = itertools.repeat(m.pack_raw[0])
         slots: Iterable[int] = m.indexes

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import zstandard
 
 from ...errors import CorruptSavepointError
+from ._format import record_problem
 
 VERSION = 1
 PACK_HEADER = b"SSPK" + bytes([VERSION])
 FLAG_ZSTD = 1
 _PACK_NAME = re.compile(r"[0-9]{20}-[0-9a-f]{16}")
-_MAX_CODEC_NAME = 128
 _MAX_INT64 = 2**63 - 1
 _MAX_CRC = 2**32 - 1
 _COLUMNS = (
@@ -64,16 +64,11 @@ def _ints_in(column: object, low: int, high: int) -> bool:
 
 def parse(fields: object, timestamp: int, max_state_bytes: int) -> ManifestV1 | str:
     """The checked manifest, or what is wrong with the decoded body."""
-    if not isinstance(fields, dict):
-        return "is not a record"
-    missing = set(_COLUMNS) - fields.keys()
-    if missing:
-        return f"lacks {sorted(missing)[0]!r}"
+    problem = record_problem(fields, _COLUMNS, timestamp)
+    if problem is not None:
+        return problem
+    assert isinstance(fields, dict)
     ts, codec, packs, ids = fields["ts"], fields["codec"], fields["packs"], fields["ids"]
-    if type(ts) is not int or ts != timestamp:
-        return f"is for timestamp {ts!r}"
-    if type(codec) is not str or not 0 < len(codec) <= _MAX_CODEC_NAME:
-        return "names no codec"
     if not _all_of_type(packs, str) or not all(_PACK_NAME.fullmatch(name) for name in packs):
         return "names a pack that is not one"
     if len(set(packs)) != len(packs):

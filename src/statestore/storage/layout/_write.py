@@ -62,23 +62,26 @@ def encode_state(codec: Codec, entity_id: str, state: object, run_id: str) -> En
 
 
 def check_encoded(codec: Codec, run_id: str, ids: Sequence[str], encoded: Sequence[bytes]) -> None:
-    """Refuse, before anything is written, an encoded state that is not one whole value the
-    codec decodes (bytes from an archive or another store, say).
+    """Refuse, before anything is written, an encoded state that is not one whole value
+    of a MessagePack codec (bytes from an archive or another store, say).
 
-    A pack decodes in one call, so one bad state would make its neighbours unreadable
-    too. States :func:`encode_state` made are trusted; the others cost one decode each.
+    Such a codec's pack decodes in one call, so one state with a second value behind it
+    would shift its neighbours. States :func:`encode_state` made are trusted; the others
+    cost one check and one decode each, which the safe codec does without running any
+    code. Other codecs' states are never decoded here (unpickling foreign bytes would
+    run code they choose): each is stored wrapped on its own, as it was given.
     """
-    native = getattr(codec, "msgpack_native", False)
+    if not getattr(codec, "msgpack_native", False):
+        return
     for entity_id, data in zip(ids, encoded, strict=True):
         if type(data) is EncodedState:
             continue
         try:
-            if native:  # a trailing second value would shift every later state of the pack
-                unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
-                unpacker.feed(data)
-                unpacker.skip()
-                if unpacker.tell() != len(data):
-                    raise ValueError("bytes follow its value")
+            unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1))
+            unpacker.feed(data)
+            unpacker.skip()
+            if unpacker.tell() != len(data):
+                raise ValueError("bytes follow its value")
             codec.decode(data)
         except Exception as exc:  # a decoder may raise anything on foreign bytes
             raise InvalidArgumentError(
@@ -283,6 +286,9 @@ def _manifest_packs(m: Manifest) -> Packs:
     )
 
 
+_ONES = itertools.repeat(1)
+
+
 def _reusable(
     ids: Sequence[str],
     hashes: list[int],
@@ -303,18 +309,34 @@ def _reusable(
     """
     position, b_hashes, m = base.position, base.hashes, base.manifest
     b_lengths, b_packs = m.lengths, m.pack_index
-    # Comprehensions, not one loop with appends: this touches every entity of every save.
-    found = [position.get(entity_id, -1) for entity_id in ids]
-    rows = [
-        row if row >= 0 and b_hashes[row] == digest and b_lengths[row] == length else -1
-        for row, digest, length in zip(found, hashes, lengths, strict=True)
-    ]
+    # This touches every entity of every save: C-level maps, not Python loops.
+    if list(ids) == m.ids:  # the base's entities in its order: row i is entity i
+        same = list(
+            map(
+                operator.and_,
+                map(operator.eq, hashes, b_hashes),
+                map(operator.eq, lengths, b_lengths),
+            )
+        )
+        # i where the state is the base's, else -1: (i + 1) * same - 1.
+        rows = list(map(operator.sub, map(operator.mul, same, range(1, len(same) + 1)), _ONES))
+    else:
+        found = list(map(position.get, ids, itertools.repeat(-1)))
+        rows = [
+            row if row >= 0 and b_hashes[row] == digest and b_lengths[row] == length else -1
+            for row, digest, length in zip(found, hashes, lengths, strict=True)
+        ]
+    reused = list(filter((-1).__lt__, rows))
+    if not reused:
+        return rows
     other = {pack for pack, written in enumerate(m.pack_versions) if written != version}
     live = [0] * len(m.packs)
-    for row in rows:
-        if row >= 0:
+    if len(live) == 1:
+        live[0] = sum(map(b_lengths.__getitem__, reused))
+    else:
+        for row in reused:
             live[b_packs[row]] += b_lengths[row]
-    changed = sum(length for row, length in zip(rows, lengths, strict=True) if row < 0)
+    changed = sum(itertools.compress(lengths, map((0).__gt__, rows)))
     used = [pack for pack, size in enumerate(live) if size and pack not in other]
     live_total = changed + sum(live[pack] for pack in used)
     referenced = changed + sum(m.pack_raw[pack] for pack in used)
