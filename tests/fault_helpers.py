@@ -257,8 +257,11 @@ def engine_driver(url: str, run_id: str, writer: str) -> None:
 def _ack(writer: str, entities: dict[str, Any], ts: int) -> str:
     for entity_id in ENTITIES:
         try:
-            entities[entity_id].update_state(ts, engine_state(writer, entity_id, ts))
-            entities[entity_id].ack_processed_time(ts)
+            entity = entities[entity_id]
+            # The input comes at the entity's own time, before its next savepoint (the
+            # engine refuses one past it until it is acknowledged), even after a jump.
+            entity.update_state(entity.timestamp, engine_state(writer, entity_id, ts))
+            entity.ack_processed_time(ts)
         except StateStoreError as exc:
             return f"ERR {entity_id} {type(exc).__name__}: {exc}"
     return "OK"

@@ -3,20 +3,23 @@
 Each ```python block of README.md and docs/*.md that uses ``StateStore`` is run as a script:
 
 * killed with SIGKILL right after its k-th engine call (``Entity.update_state`` /
-  ``Entity.ack_processed_time``), for every k, and for "never" (a complete run), then run
-  again unmodified: that second run resumes, and its final entity states must equal those
-  of an uninterrupted run. This is the contract a savepoint makes (a savepoint at T holds
-  each entity's state after every input below T; resuming replays the inputs at or after
-  T): an example that gets it wrong teaches every reader to double-count.
+  ``Entity.ack_processed_time``, the watermark ``StateStore.ack_processed_time``,
+  ``StateStore.add_entity`` / ``StateStore.remove_entity``), for every k, and for
+  "never" (a complete run), then run again unmodified: that second run resumes, and its
+  final entity states must equal those of an uninterrupted run. This is the contract a
+  savepoint makes (a savepoint at T holds each entity's state after every input below T;
+  resuming replays the inputs at or after T): an example that gets it wrong teaches
+  every reader to double-count.
 * run twice in a fresh directory, plainly: the output must be the block after its
   "Run twice:" line, when the docs give one.
 
 The kill runs go through a harness: this file run as a script. It imports the engine once
 and forks one process per run (a fresh interpreter per run would cost a quarter of a second
 each), so every kill point is tried. In the killed run it wraps the real engine's methods
-to count calls and kill the process at call k; in every run it records the entities
-``StateStore.start`` (or ``init_run_state`` / ``load_run_state``) returned and writes
-their states when the example ends. The engine itself runs unchanged.
+to count calls and kill the process at call k; in every run it records the store
+``StateStore.start`` (or ``init_run_state`` / ``load_run_state``) started and writes
+the states of its entities (``StateStore.entities()``, the added ones with them) when
+the example ends. The engine itself runs unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 ENGINE_CALLS = ("update_state", "ack_processed_time")
+STORE_CALLS = ("ack_processed_time", "add_entity", "remove_entity")
 STARTS = ("start", "init_run_state", "load_run_state")
 
 
@@ -210,12 +214,15 @@ def _run_example(script: Path, directory: Path, kill_at: int | None, result: Pat
 
     for name in ENGINE_CALLS:
         setattr(Entity, name, counted(getattr(Entity, name)))
+    for name in STORE_CALLS:
+        setattr(StateStore, name, counted(getattr(StateStore, name)))
     for name in STARTS:
         setattr(StateStore, name, recorded(getattr(StateStore, name)))
     status = 0
     try:
         runpy.run_path(str(script), run_name="__main__")
-        states = {entity.id: entity.state for entity in entities}
+        current = stores[-1].entities() if stores else entities
+        states = {entity.id: entity.state for entity in current}
         result.write_bytes(pickle.dumps({"states": states, "calls": calls, "latest": latest}))
     except BaseException:
         traceback.print_exc()

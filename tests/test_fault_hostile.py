@@ -85,6 +85,8 @@ ENGINE_CALLS: dict[str, Callable[[StateStore, list[Any], Storage, list[Any]], ob
     "save": lambda store, ents, storage, a: store.save(a[0], a[1], a[2]),
     "update_state": lambda store, ents, storage, a: ents[0].update_state(a[0], a[1]),
     "ack_processed_time": lambda store, ents, storage, a: ents[1].ack_processed_time(a[0]),
+    "watermark": lambda store, ents, storage, a: store.ack_processed_time(a[0]),
+    "add_entity": lambda store, ents, storage, a: store.add_entity(a[0], a[1], a[2]),
     "next_savepoint": lambda store, ents, storage, a: schedule.next_savepoint(a[0], a[1]),
     "previous_savepoint": lambda store, ents, storage, a: schedule.previous_savepoint(a[0], a[1]),
     "unreached_savepoints": lambda store, ents, storage, a: schedule.unreached_savepoints(
@@ -104,6 +106,7 @@ def test_engine_calls_with_random_arguments(name: str, args: list[Any]) -> None:
         _call_or_refuse(storage, lambda: ENGINE_CALLS[name](store, entities, storage, args))
         # Whatever happened, the run goes on correctly from where its entities stand,
         # and past any savepoint a direct save filled (it stays filled as saved).
+        entities = store.entities()  # with the one add_entity added, if it did
         now = max(entity.timestamp for entity in entities)
         if name == "save" and type(args[1]) is int:
             now = max(now, args[1])
@@ -111,12 +114,14 @@ def test_engine_calls_with_random_arguments(name: str, args: list[Any]) -> None:
             return  # a valid call moved the run to the end of time
         upto = schedule.next_savepoint(1000, now)
         for entity in entities:
-            entity.update_state(upto, {"n": upto, "id": entity.id})
+            entity.ack_processed_time(upto - 1)  # the inputs before upto - 1 first
+            entity.update_state(upto - 1, {"n": upto, "id": entity.id})
             entity.ack_processed_time(upto)
         assert storage.get_latest_savepoint("run") == (
             upto,
-            [("e1", {"n": upto, "id": "e1"}), ("e2", {"n": upto, "id": "e2"})],
+            [(entity.id, {"n": upto, "id": entity.id}) for entity in entities],
         )
+        assert [entity.id for entity in entities][:2] == ["e1", "e2"]
 
 
 # ------------------------------------------------------------------ module functions

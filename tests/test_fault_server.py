@@ -148,7 +148,9 @@ def test_the_engine_retries_a_persist_once_the_server_is_back(
 
         def ack(timestamp: int, *which: int) -> None:
             for i in which or range(len(entities)):
-                entities[i].update_state(timestamp, engine_state("A", ENTITIES[i], timestamp))
+                entities[i].update_state(
+                    entities[i].timestamp, engine_state("A", ENTITIES[i], timestamp)
+                )
                 entities[i].ack_processed_time(timestamp)
 
         ack(1000)

@@ -259,7 +259,8 @@ def test_a_resume_past_a_damaged_savepoint_counts_the_fallback(
         engine = statestore.StateStore(RUN, 60_000, storage)
         (entity,) = engine.start(0, [("a", 0)]).entities
         for step in (1, 2, 3):
-            entity.update_state(step * 60_000, f"{step}" * 100).ack_processed_time(step * 60_000)
+            # The input before the savepoint (at the entity's time), then the acknowledgement.
+            entity.update_state(entity.timestamp, f"{step}" * 100).ack_processed_time(step * 60_000)
     damage_pack(url, RUN, 180_000)
     with statestore.open_storage(url) as storage:
         resumed = statestore.StateStore(RUN, 60_000, storage).start(0, [("a", 0)])

@@ -191,7 +191,10 @@ class Worker:
         _store, entities = self.engines[run_id]
         timestamp = self.engine_last[run_id] + SCHEDULE * self.rng.randint(1, 3)
         for entity in entities:
-            entity.update_state(timestamp, engine_state(run_id, entity.id, timestamp))
+            # The input comes at the last acknowledged time, before the next savepoint
+            # (the engine refuses one past it until it is acknowledged).
+            last = self.engine_last[run_id]
+            entity.update_state(last, engine_state(run_id, entity.id, timestamp))
             entity.ack_processed_time(timestamp)
         # The last ack completed the savepoint at ``timestamp`` and persisted it.
         self.engine_last[run_id] = timestamp

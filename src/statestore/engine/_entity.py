@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ..aio import Workers, twin
-from ..errors import RunNotInitializedError
+from ..errors import InvalidArgumentError, RunNotInitializedError
 from ..storage import validate
 
 __all__ = ["Entity", "SaveInto"]
 
-#: How an entity saves into its store's savepoints: ``(entity_id, timestamp, state,
-#: generation)``. The store hands it over at creation, so this module needs no import of
-#: the store's (no import circle, no call of a private method across modules).
-SaveInto = Callable[[str, int, Any, int | None], None]
+#: How an entity saves its current state into its store's savepoints up to a timestamp:
+#: ``(entity, timestamp)``. The store hands it over at creation, so this module needs no
+#: import of the store's (no import circle, no call of a private method across modules).
+SaveInto = Callable[["Entity", int], None]
 
 
 @dataclass(slots=True)
@@ -23,9 +23,11 @@ class Entity:
     """One entity of a run: its state and where it stands on the savepoint grid.
 
     Entities come from :meth:`StateStore.init_run_state`,
-    :meth:`StateStore.load_run_state` or :meth:`StateStore.start`. Each is meant to be
-    driven by one thread at a time; different entities of a run may run in different
-    threads. The methods change the entity in place and return it, so both
+    :meth:`StateStore.load_run_state`, :meth:`StateStore.start` or
+    :meth:`StateStore.add_entity`. Each is driven by one thread at a time; different
+    entities of a run may run in different threads, and the store's watermark
+    (:meth:`StateStore.ack_processed_time`) touches all of them, so it runs while no
+    thread drives an entity. The methods change the entity in place and return it, so both
     ``entity.ack_processed_time(t)`` and ``entity = entity.ack_processed_time(t)`` work.
 
     * ``timestamp``: the highest event time given to :meth:`update_state` or
@@ -44,14 +46,31 @@ class Entity:
     last_savepoint: int | None = None
     _save_into: SaveInto | None = field(default=None, repr=False, compare=False)
     _generation: int = field(default=0, repr=False, compare=False)
+    #: Whether update_state was called since the last save (what the store's trust mode
+    #: saves by).
+    _dirty: bool = field(default=True, repr=False, compare=False)
     #: Where :meth:`aack_processed_time` runs: the store's storage's worker threads.
     _workers: Workers | None = field(default=None, repr=False, compare=False)
 
     def update_state(self, timestamp: int, state: Any) -> Entity:
-        """Set the state after processing an input at ``timestamp``; in memory only."""
+        """Set the state after processing an input at ``timestamp``; in memory only.
+
+        An input at or after ``next_savepoint`` is refused with
+        :class:`~statestore.errors.InvalidArgumentError` until that savepoint is
+        acknowledged: applied first, it would be in the savepoint, and a resume, which
+        replays it, would count it twice.
+        """
         validate.timestamp(timestamp)
+        if self.next_savepoint is not None and timestamp >= self.next_savepoint:
+            raise InvalidArgumentError(
+                f"entity {self.id!r}: the input at {timestamp} is at or after its next "
+                f"savepoint {self.next_savepoint}; acknowledge first "
+                f"(store.ack_processed_time({timestamp}) or "
+                f"entity.ack_processed_time({timestamp})), then apply the input"
+            )
         self.state = state
         self.timestamp = max(self.timestamp, timestamp)
+        self._dirty = True
         return self
 
     def ack_processed_time(self, timestamp: int) -> Entity:
@@ -72,7 +91,8 @@ class Entity:
                     f"entity {self.id!r} belongs to no StateStore; entities come from "
                     "init_run_state(), load_run_state() or start()"
                 )
-            self._save_into(self.id, timestamp, self.state, self._generation)
+            self._save_into(self, timestamp)
+            self._dirty = False
             # The grid inline (next_savepoint is set, so the schedule is an int > 0).
             schedule = cast(int, self.schedule)
             self.last_savepoint = timestamp // schedule * schedule

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
-from .. import observe
+from .. import collector
 from ..aio import Workers, twin
 from ..errors import (
-    CorruptSavepointError,
     InvalidArgumentError,
     NoSavepointError,
     RunNotInitializedError,
     StaleWriterError,
 )
 from ..schedule import next_savepoint, previous_savepoint, unreached_savepoints
-from ..storage import Savepoint, Storage, get_config, validate
+from ..storage import Storage, get_config, validate
+from ._encode import encode_all, encode_one
 from ._entity import Entity
 from ._fills import Fills
+from ._resume import materialize, read_resume_point, warn_if_other_entities
+from ._status import StallWatch, StoreStatus, status
+from ._versions import Upgrade, Versions
 
 __all__ = ["StartResult", "StateStore"]
-
-_log = logging.getLogger("statestore")
 
 
 class StartResult(NamedTuple):
@@ -37,14 +37,6 @@ class StartResult(NamedTuple):
     entities: list[Entity]
 
 
-def _ack_processed_time(store: StateStore, timestamp: int) -> None:
-    """The signature of ``StateStore.ack_processed_time`` (DESIGN §6), typing its twin."""
-
-
-def _remove_entity(store: StateStore, entity_id: str, timestamp: int) -> None:
-    """The signature of ``StateStore.remove_entity`` (DESIGN §6), typing its twin."""
-
-
 class StateStore:
     """The savepoints of one run: entities save into them, complete ones are persisted.
 
@@ -54,15 +46,27 @@ class StateStore:
     After each persisted savepoint, only the ``keep_savepoints`` newest are kept.
 
     Start the run with :meth:`start` (or :meth:`init_run_state` / :meth:`load_run_state`),
-    then drive the returned entities. Entities may save from several threads at once.
+    then drive the returned entities and acknowledge event time, entity by entity or for
+    all at once with the watermark, :meth:`ack_processed_time`. Entities come and go
+    with :meth:`add_entity` and :meth:`remove_entity`. Each entity is driven by one
+    thread at a time; the watermark and :meth:`add_entity` / :meth:`remove_entity` run
+    while no other thread drives an entity of the run.
+
+    ``trust_update_state=True`` makes the watermark save only the entities whose
+    :meth:`Entity.update_state` was called since their last save: faster when few
+    change, but a state changed in place without ``update_state`` is then not saved.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - DESIGN §6's signature, positional as the seed's
         self,
         run_id: str,
         schedule: int | None,
         storage: Storage | None = None,
         keep_savepoints: int = 3,
+        state_version: int = 1,
+        upgrades: Mapping[int, Upgrade] | None = None,
+        *,
+        trust_update_state: bool = False,
     ) -> None:
         self.run_id = validate.run_id(run_id)
         if schedule is not None and (type(schedule) is not int or schedule <= 0):
@@ -76,11 +80,30 @@ class StateStore:
             )
         if storage is not None and not isinstance(storage, Storage):
             raise InvalidArgumentError(f"storage must be a Storage or None, not {storage!r}")
+        if type(trust_update_state) is not bool:
+            raise InvalidArgumentError(
+                f"trust_update_state must be a bool, not {trust_update_state!r}"
+            )
+        self._versions = Versions(self.run_id, state_version, upgrades)
+        #: The version every state this store saves records (docs/engine.md, "State
+        #: versions").
+        self.state_version = self._versions.state_version
         self.schedule = schedule
+        #: Whether the watermark saves only entities whose ``update_state`` was called
+        #: since their last save (docs/engine.md, "Two modes").
+        self.trust_update_state = trust_update_state
         self.keep_savepoints = keep_savepoints
         self.storage = storage if storage is not None else get_config()
         self._lock = threading.Lock()
         self._fills: Fills | None = None  # None until init_run_state / load_run_state
+        # The run's entities, in savepoint order: the store keeps the objects it hands
+        # out, so that its watermark can save them all.
+        self._entities: dict[str, Entity] = {}
+        self._last_persisted: int | None = None
+        self._stalls = StallWatch(self.run_id)
+        # trust_update_state: the ids removed, with their last savepoint, that the
+        # storage's base savepoint may still hold (a change set must leave them out).
+        self._removed: dict[str, int] = {}
         self._token: int | None = None
         self._stale = False
         # Bumped by every init/load: saves begun before one are dropped, entities from
@@ -110,13 +133,13 @@ class StateStore:
 
         Initializing starts at ``timestamp`` with ``entity_defs`` (``[(entity_id,
         initial_state), ...]``). Resuming uses the savepoint's entities and timestamp;
-        ``entity_defs`` only serve to warn when they name other entities. A corrupt
+        ``entity_defs`` only serve to warn when they name entities it lacks. A corrupt
         latest savepoint falls back to the newest intact one, with a warning per skipped
         savepoint (logger ``"statestore"``); ``strict=True`` raises
         :class:`~statestore.errors.CorruptSavepointError` instead.
         """
         timestamp = validate.timestamp(timestamp)
-        defs = _materialize(entity_defs)
+        defs = materialize(entity_defs)
         ids, _states = validate.entities(defs, self.run_id)
         if self.storage.list_savepoints(self.run_id):
             try:
@@ -124,7 +147,7 @@ class StateStore:
             except NoSavepointError:
                 pass  # deleted since we looked: nothing to resume, initialize
             else:
-                _warn_if_other_entities(self.run_id, ids, entities)
+                warn_if_other_entities(self.run_id, ids, entities)
                 return StartResult(True, resumed_at, entities)
         return StartResult(False, timestamp, self.init_run_state(timestamp, defs))
 
@@ -150,11 +173,14 @@ class StateStore:
         token = self.storage.acquire_writer(self.run_id)
         self._refuse_if_saved()  # a writer that saved before our token took over
         done = timestamp if self.schedule is None else previous_savepoint(self.schedule, timestamp)
-        generation = self._reset(Fills(ids, done), token, retention_hold=None)
-        return [
-            self._entity(entity_id, state, timestamp, None, generation)
-            for entity_id, state in zip(ids, states, strict=True)
-        ]
+        with self._lock:
+            generation = self._reset(Fills(ids, done), token, retention_hold=None, loaded=None)
+            entities = [
+                self._entity(entity_id, state, timestamp, None, generation)
+                for entity_id, state in zip(ids, states, strict=True)
+            ]
+            self._entities = {entity.id: entity for entity in entities}
+        return list(entities)
 
     def load_run_state(self, *, strict: bool = False) -> tuple[int, list[Entity]]:
         """Take the run's writer token and resume from its latest savepoint.
@@ -167,17 +193,25 @@ class StateStore:
         # Token first: from here on no other writer adds a savepoint, so the latest we
         # read is the latest there is.
         token = self.storage.acquire_writer(self.run_id)
-        savepoint, skipped = self._read_resume_point(strict)
-        timestamp, states = savepoint
+        savepoint, skipped = read_resume_point(self.storage, self.run_id, strict)
+        timestamp, stored, versions = savepoint
+        # States written by older code pass through the upgrade steps (ConfigError when
+        # one is missing, or a state is newer than this code).
+        states = self._versions.upgrade(timestamp, stored, versions)
         ids = [entity_id for entity_id, _state in states]
-        generation = self._reset(
-            Fills(ids, timestamp), token, retention_hold=max(skipped) if skipped else None
-        )
-        entities = [
-            self._entity(entity_id, state, timestamp, timestamp, generation)
-            for entity_id, state in states
-        ]
-        return timestamp, entities
+        with self._lock:
+            generation = self._reset(
+                Fills(ids, timestamp),
+                token,
+                retention_hold=max(skipped) if skipped else None,
+                loaded=timestamp,
+            )
+            entities = [
+                self._entity(entity_id, state, timestamp, timestamp, generation, dirty=False)
+                for entity_id, state in states
+            ]
+            self._entities = {entity.id: entity for entity in entities}
+        return timestamp, list(entities)
 
     def _refuse_if_saved(self) -> None:
         saved = self.storage.list_savepoints(self.run_id)
@@ -187,55 +221,29 @@ class StateStore:
                 "resume it with load_run_state() or start(), or delete_run() it to start over"
             )
 
-    def _read_resume_point(self, strict: bool) -> tuple[Savepoint, list[int]]:
-        """The latest intact savepoint, and the newer corrupt ones skipped to reach it."""
-        try:
-            return self.storage.get_latest_savepoint(self.run_id), []
-        except NoSavepointError:
-            raise NoSavepointError(
-                f"run {self.run_id!r} is initialized but has no savepoint yet (it stopped "
-                "before its first savepoint completed); initialize it with "
-                "init_run_state(), or use start()"
-            ) from None
-        except CorruptSavepointError:
-            if strict:
-                raise
-        skipped: list[int] = []
-        for row in reversed(self.storage.list_savepoints(self.run_id)):
-            try:
-                savepoint = self.storage.get_savepoint(self.run_id, row.timestamp)
-            except NoSavepointError:
-                continue  # deleted since listed
-            except CorruptSavepointError as exc:
-                observe.record_fallback(self.storage)
-                _log.warning(
-                    "run %r: skipped corrupt savepoint %d: %s", self.run_id, row.timestamp, exc
-                )
-                skipped.append(row.timestamp)
-                continue
-            _log.warning(
-                "run %r: resuming from savepoint %d, the newest intact one",
-                self.run_id,
-                savepoint.timestamp,
-            )
-            return savepoint, skipped
-        raise CorruptSavepointError(
-            f"run {self.run_id!r}: no intact savepoint to resume from (corrupt: "
-            f"{', '.join(map(str, reversed(skipped))) or 'none listed'}); "
-            "delete_run() it to start over"
-        )
-
-    def _reset(self, fills: Fills, token: int, retention_hold: int | None) -> int:
-        with self._lock:
-            self._generation += 1
-            self._fills = fills
-            self._token = token
-            self._stale = False
-            self._retention_hold = retention_hold
-            return self._generation
+    def _reset(
+        self, fills: Fills, token: int, retention_hold: int | None, loaded: int | None
+    ) -> int:
+        """Start over with ``fills`` (under the lock); returns the new generation."""
+        self._generation += 1
+        self._fills = fills
+        self._token = token
+        self._stale = False
+        self._retention_hold = retention_hold
+        self._last_persisted = loaded
+        self._stalls = StallWatch(self.run_id)
+        self._removed = {}
+        return self._generation
 
     def _entity(
-        self, entity_id: str, state: Any, timestamp: int, loaded_from: int | None, generation: int
+        self,
+        entity_id: str,
+        state: Any,
+        timestamp: int,
+        loaded_from: int | None,
+        generation: int,
+        *,
+        dirty: bool = True,
     ) -> Entity:
         return Entity(
             id=entity_id,
@@ -244,10 +252,22 @@ class StateStore:
             schedule=self.schedule,
             next_savepoint=next_savepoint(self.schedule, timestamp),
             last_savepoint=loaded_from,
-            _save_into=self._save_into,
+            _save_into=self._save_entity,
             _generation=generation,
+            _dirty=dirty,
             _workers=self._workers,
         )
+
+    def entities(self) -> list[Entity]:
+        """The run's entities now, in savepoint order: the started ones and the added
+        ones, without the removed ones (empty before the store is started)."""
+        with self._lock:
+            return list(self._entities.values())
+
+    def status(self) -> StoreStatus:
+        """How far the savepoints stand: pending, held back by whom, last persisted."""
+        with self._lock:
+            return status(self._fills, self.schedule, self._last_persisted)
 
     # ---------------------------------------------------------------- saving
 
@@ -261,30 +281,301 @@ class StateStore:
         deleted, before this returns. A savepoint the entity filled already is left as
         it is, so a save older than the entity's last one changes nothing.
         """
-        self._save_into(entity_id, timestamp, state, None)
+        self._save_state(entity_id, validate.timestamp(timestamp), state, None)
 
-    def _save_into(
-        self, entity_id: str, timestamp: int, state: Any, generation: int | None
+    def _save_entity(self, entity: Entity, timestamp: int) -> None:
+        """An entity's acknowledgement that reached its next savepoint (Entity calls it)."""
+        self._save_state(entity.id, timestamp, entity.state, entity)
+
+    def _save_state(
+        self, entity_id: str, timestamp: int, state: Any, entity: Entity | None
     ) -> None:
-        timestamp = validate.timestamp(timestamp)
         # The grid inline (the schedule was checked at construction): this runs once per
         # entity and savepoint, the engine's hot path.
         upto = None if self.schedule is None else timestamp // self.schedule * self.schedule
         with self._lock:
-            fills = self._started(entity_id, generation)
+            fills = self._started_for(entity_id, entity)
             generation = self._generation
             needed = upto is not None and upto > fills.filled_to(entity_id)
         # Encode outside the lock: other entities' saves need not wait for a big state.
-        data = self.storage.encode_state(self.run_id, entity_id, state) if needed else b""
+        data = encode_one(self.storage, self.run_id, entity_id, state) if needed else b""
         with self._lock:
             if generation != self._generation:
                 return  # the run was started again meanwhile; this save belongs to the old
-            fills = self._started(entity_id, generation)
+            fills = self._started_for(entity_id, entity)
             if needed and upto is not None:
                 fills.fill(entity_id, upto, data)
             # Even a save that filled nothing persists what is complete: it retries a
             # persist that failed (server gone) in an earlier call.
             self._persist_complete(fills)
+
+    def _started(self) -> Fills:
+        """The fills of the running start; refuses a store not started, or superseded."""
+        fills = self._fills
+        if fills is None:
+            raise RunNotInitializedError(
+                f"run {self.run_id!r}: this StateStore is not started; call start(), "
+                "init_run_state() or load_run_state() first"
+            )
+        if self._stale:
+            raise StaleWriterError(
+                f"run {self.run_id!r}: another writer has taken this run; this StateStore "
+                "stores nothing more"
+            )
+        return fills
+
+    def _started_for(self, entity_id: str, entity: Entity | None) -> Fills:
+        """:meth:`_started`, refusing unknown entities and entities no longer of the run."""
+        fills = self._started()
+        if entity is not None and entity._generation != self._generation:
+            raise InvalidArgumentError(
+                f"run {self.run_id!r}: entity {entity_id!r} is from an earlier start of this "
+                "StateStore; use the entities the latest start returned"
+            )
+        if entity is not None and self._entities.get(entity_id) is not entity:
+            raise InvalidArgumentError(
+                f"run {self.run_id!r}: entity {entity_id!r} was removed from the run "
+                "(remove_entity); it saves nothing more"
+            )
+        if entity_id not in fills:
+            raise InvalidArgumentError(
+                f"run {self.run_id!r}: unknown entity id {entity_id!r} (not registered at "
+                "start, nor added)"
+            )
+        return fills
+
+    # ---------------------------------------------------------------- the watermark
+
+    def ack_processed_time(self, timestamp: int) -> None:
+        """The watermark: every input below ``timestamp`` is processed, for every entity.
+
+        Each entity whose ``next_savepoint`` is at or before ``timestamp`` saves its
+        current state, as if it had acknowledged ``timestamp`` itself; every entity's
+        ``timestamp`` moves up to ``timestamp``. The savepoints this completes are
+        persisted before it returns. All or nothing: if it raises (a state the codec
+        refuses, a stale writer, a storage failure), every entity is left as it was;
+        the states it encoded stay filled in memory only when a write failed, so that
+        calling it again writes them.
+
+        By default every due entity's state is encoded (the storage then keeps the
+        unchanged ones without writing them again); with ``trust_update_state=True``
+        only the entities whose ``update_state`` was called since their last save.
+        """
+        timestamp = validate.timestamp(timestamp)
+        with self._lock:
+            fills = self._started()
+            entities = list(self._entities.values())
+            schedule = self.schedule
+            if schedule is None:
+                _advance(entities, timestamp)
+                return
+            upto = timestamp // schedule * schedule
+            # What the bulk steps build (encodings, the savepoint's entity list) lives
+            # until it is written: a collection midway would only walk it, and every
+            # state, again (see statestore.collector).
+            with collector.paused():
+                if fills.aligned() and upto > fills.done:
+                    # Every entity stands at the last finished savepoint (the usual case):
+                    # all are due.
+                    due = entities
+                    if not (self.trust_update_state and self._persist_changes(fills, upto, due)):
+                        # Their states go in as one column.
+                        fills.fill_all(upto, encode_all(self.storage, self.run_id, due))
+                else:
+                    due = [e for e in entities if cast(int, e.next_savepoint) <= timestamp]
+                    for entity, data in zip(
+                        due, encode_all(self.storage, self.run_id, due), strict=True
+                    ):
+                        fills.fill(entity.id, upto, data)
+                self._persist_complete(fills)
+            following = upto + schedule
+            for entity in due:  # one pass, no call: this runs for every entity
+                entity.last_savepoint = upto
+                entity.next_savepoint = following
+                entity._dirty = False
+                # A due entity's time is below its next savepoint, so below ``timestamp``.
+                entity.timestamp = timestamp
+            if due is not entities:
+                _advance(entities, timestamp)
+
+    def _persist_changes(self, fills: Fills, upto: int, entities: list[Entity]) -> bool:
+        """``trust_update_state``: persist the savepoints up to ``upto`` as change sets.
+
+        Only the entities updated since their last save are encoded, and the storage
+        writes only them (``save_encoded_changes`` on the savepoint it saved last).
+        False, having persisted nothing, when a whole savepoint must be saved instead:
+        the storage has no base (a fresh start, a base pruned by another process), a
+        resume is holding retention, or an id removed since the base came back.
+        """
+        schedule = cast(int, self.schedule)
+        if not entities:
+            # No member: no savepoint to write (as in _persist_complete).
+            fills.finish(upto)
+            return True
+        removed = [entity_id for entity_id, left in self._removed.items() if left < upto]
+        if self._retention_hold is not None or any(i in self._entities for i in removed):
+            return False
+        changed = [e for e in entities if e._dirty]
+        encoded = encode_all(self.storage, self.run_id, changed)
+        states = list(zip([e.id for e in changed], encoded, strict=True))
+        complete = unreached_savepoints(schedule, fills.done, upto)[-self.keep_savepoints :]
+        for timestamp in complete:
+            try:
+                self.storage.save_encoded_changes(
+                    self.run_id,
+                    timestamp,
+                    states,
+                    removed,
+                    writer_token=self._token,
+                    state_version=self.state_version,
+                )
+            except NoSavepointError:
+                return False  # no base (any more): the whole savepoint, from here
+            except StaleWriterError:
+                self._stale = True
+                raise
+            states, removed = [], []  # the next savepoints repeat this one
+            fills.finish(timestamp)
+            self._persisted(timestamp)
+        self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
+        return True
+
+    # ---------------------------------------------------------------- entities come and go
+
+    def add_entity(self, entity_id: str, timestamp: int, state: Any) -> Entity:
+        """A new entity with ``state``, taking part in every savepoint after ``timestamp``.
+
+        An id the run has already (a replay after a resume adds its entities again)
+        returns that entity as it stands, and ``state`` is ignored: resetting it would
+        lose the restored state. A savepoint at ``timestamp`` itself does not include
+        the new entity. Refused with :class:`~statestore.errors.InvalidArgumentError`
+        when a savepoint after ``timestamp`` is already persisted (the entity would be
+        missing from it), and with :class:`~statestore.errors.EncodeError` when the
+        codec refuses ``state``; nothing changes then.
+        """
+        timestamp = validate.timestamp(timestamp)
+        (entity_id,), (state,) = validate.entities([(entity_id, state)], self.run_id)
+        with self._lock:
+            fills = self._started()
+            existing = self._entities.get(entity_id)
+            if existing is not None:
+                return existing
+            joined = timestamp
+            if self.schedule is not None:
+                joined = timestamp // self.schedule * self.schedule
+                if joined < fills.done:
+                    raise InvalidArgumentError(
+                        f"run {self.run_id!r}: cannot add entity {entity_id!r} at {timestamp}: "
+                        f"savepoint {fills.done} is persisted already and would lack it; "
+                        f"add it at {fills.done} or later"
+                    )
+                left = fills.left_at(entity_id)
+                if left is not None and joined < left:
+                    raise InvalidArgumentError(
+                        f"run {self.run_id!r}: cannot add entity {entity_id!r} at {timestamp}: "
+                        f"it was removed at savepoint {left}, after that; add it at {left} "
+                        "or later"
+                    )
+            # Refuse a state the codec cannot encode now, as init_run_state does.
+            self.storage.encode_state(self.run_id, entity_id, state)
+            fills.add(entity_id, joined)
+            entity = self._entity(entity_id, state, timestamp, None, self._generation)
+            self._entities[entity_id] = entity
+            return entity
+
+    def remove_entity(self, entity_id: str, timestamp: int) -> None:
+        """Acknowledge ``timestamp`` for the entity, then take it out of the run.
+
+        Its current state first fills every pending savepoint at or before
+        ``timestamp`` (as ``entity.ack_processed_time(timestamp)``), then it takes part
+        in no savepoint after ``timestamp``; the savepoints this completes are persisted
+        before it returns. An id the run does not have (a replay after a resume removes
+        its entities again) does nothing. ``timestamp`` below the entity's own is
+        refused with :class:`~statestore.errors.InvalidArgumentError`.
+        """
+        timestamp = validate.timestamp(timestamp)
+        with self._lock:
+            fills = self._started()
+            entity = self._entities.get(entity_id) if isinstance(entity_id, str) else None
+            if entity is None:
+                return
+            if timestamp < entity.timestamp:
+                raise InvalidArgumentError(
+                    f"run {self.run_id!r}: cannot remove entity {entity_id!r} at {timestamp}: "
+                    f"it has processed time up to {entity.timestamp} already"
+                )
+            left = fills.filled_to(entity_id)  # without a schedule: in no savepoint
+            if self.schedule is not None:
+                left = timestamp // self.schedule * self.schedule
+                if left > fills.filled_to(entity_id):
+                    fills.fill(entity_id, left, encode_all(self.storage, self.run_id, [entity])[0])
+            fills.remove(entity_id, left)
+            del self._entities[entity_id]
+            if self.schedule is not None:
+                self._removed[entity_id] = max(left, self._removed.get(entity_id, left))
+            entity.timestamp = timestamp
+            self._persist_complete(fills)
+
+    def _persisted(self, timestamp: int) -> None:
+        """The savepoint at ``timestamp`` is written: the storage's base from now on."""
+        self._last_persisted = timestamp
+        if self._removed:  # the ids it leaves out need not be named to the storage again
+            self._removed = {i: left for i, left in self._removed.items() if left >= timestamp}
+
+    def _persist_complete(self, fills: Fills) -> None:
+        """Persist the savepoints every entity has filled, ascending; then retention.
+
+        Then (even when a write fails) warn of a stall and report the status.
+        """
+        if self.schedule is None:
+            return
+        try:
+            self._persist_filled(fills, self.schedule)
+        finally:
+            self._stalls.check(fills, self.schedule)
+
+    def _persist_filled(self, fills: Fills, schedule: int) -> None:
+        frontier = fills.frontier()
+        if frontier <= fills.done:
+            return
+        complete = unreached_savepoints(schedule, fills.done, frontier)
+        if not complete:
+            return
+        if self._retention_hold is None:
+            # Retention would delete all but the newest of these at once: skip writing them.
+            fills.finish(complete[max(len(complete) - self.keep_savepoints, 0)] - schedule)
+            complete = complete[-self.keep_savepoints :]
+        # The entity lists built here live until written (see ack_processed_time).
+        with collector.paused():
+            self._write(fills, complete)
+        if self._retention_hold is not None and fills.done >= self._retention_hold:
+            self._retention_hold = None
+        if self._retention_hold is None:
+            self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
+
+    def _write(self, fills: Fills, complete: Sequence[int]) -> None:
+        """Write the complete savepoints, ascending, each as its members filled it."""
+        for timestamp in complete:
+            states = fills.states_at(timestamp)
+            if not states:
+                # No member (all left before it, the next joins after): nothing to
+                # write. A resume from an older savepoint replays those additions and
+                # removals as well, so it ends the same.
+                fills.finish(timestamp)
+                continue
+            try:
+                self.storage.save_encoded_savepoint(
+                    self.run_id,
+                    timestamp,
+                    states,
+                    writer_token=self._token,
+                    state_version=self.state_version,
+                )
+            except StaleWriterError:
+                self._stale = True
+                raise
+            fills.finish(timestamp)
+            self._persisted(timestamp)
 
     # ---------------------------------------------------------------- coroutine twins
     # Every call that can persist a savepoint, awaitable (DESIGN §9, docs/async.md): each
@@ -297,78 +588,11 @@ class StateStore:
 
     astart = twin(start, persists=True)
     asave = twin(save, persists=True)
-    # Looked up by name when called: the blocking methods come with the engine's
-    # watermark work; until then these twins raise StateStoreError saying so.
-    aack_processed_time = twin(_ack_processed_time, persists=True, name="ack_processed_time")
-    aremove_entity = twin(_remove_entity, persists=True, name="remove_entity")
-
-    def _started(self, entity_id: str, generation: int | None) -> Fills:
-        """The fills of the running start; refuses unknown entities and old ones."""
-        fills = self._fills
-        if fills is None:
-            raise RunNotInitializedError(
-                f"run {self.run_id!r}: this StateStore is not started; call start(), "
-                "init_run_state() or load_run_state() first"
-            )
-        if self._stale:
-            raise StaleWriterError(
-                f"run {self.run_id!r}: another writer has taken this run; this StateStore "
-                "stores nothing more"
-            )
-        if generation is not None and generation != self._generation:
-            raise InvalidArgumentError(
-                f"run {self.run_id!r}: entity {entity_id!r} is from an earlier start of this "
-                "StateStore; use the entities the latest start returned"
-            )
-        if entity_id not in fills:
-            raise InvalidArgumentError(
-                f"run {self.run_id!r}: unknown entity id {entity_id!r} (not registered at start)"
-            )
-        return fills
-
-    def _persist_complete(self, fills: Fills) -> None:
-        """Persist the savepoints every entity has filled, ascending; then retention."""
-        frontier = fills.frontier()
-        if self.schedule is None or frontier <= fills.done:
-            return
-        complete = unreached_savepoints(self.schedule, fills.done, frontier)
-        if not complete:
-            return
-        if self._retention_hold is None:
-            # Retention would delete all but the newest of these at once: skip writing them.
-            fills.finish(complete[max(len(complete) - self.keep_savepoints, 0)] - self.schedule)
-            complete = complete[-self.keep_savepoints :]
-        for timestamp in complete:
-            try:
-                self.storage.save_encoded_savepoint(
-                    self.run_id, timestamp, fills.states_at(timestamp), writer_token=self._token
-                )
-            except StaleWriterError:
-                self._stale = True
-                raise
-            fills.finish(timestamp)
-        if self._retention_hold is not None and fills.done >= self._retention_hold:
-            self._retention_hold = None
-        if self._retention_hold is None:
-            self.storage.delete_old_savepoints(self.run_id, self.keep_savepoints)
+    aack_processed_time = twin(ack_processed_time, persists=True)
+    aremove_entity = twin(remove_entity, persists=True)
 
 
-def _materialize(entity_defs: Iterable[tuple[str, Any]]) -> Any:
-    """A list of the definitions, read once; anything else is left for validation to refuse."""
-    if isinstance(entity_defs, Iterable) and not isinstance(entity_defs, (str, bytes, dict)):
-        return list(entity_defs)
-    return entity_defs
-
-
-def _warn_if_other_entities(run_id: str, ids: list[str], entities: list[Entity]) -> None:
-    resumed = {entity.id for entity in entities}
-    missing = [entity_id for entity_id in ids if entity_id not in resumed]
-    extra = sorted(resumed - set(ids))
-    if missing or extra:
-        _log.warning(
-            "run %r: resumed entities differ from the definitions given: not in the "
-            "savepoint %s, only in the savepoint %s",
-            run_id,
-            missing,
-            extra,
-        )
+def _advance(entities: list[Entity], timestamp: int) -> None:
+    """Every entity has processed the inputs below ``timestamp``."""
+    for entity in entities:
+        entity.timestamp = max(entity.timestamp, timestamp)

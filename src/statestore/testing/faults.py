@@ -67,9 +67,13 @@ def flip(data: bytes, position: int, mask: int = 0xFF) -> bytes:
 
 
 def drive(entities: list[Entity], writer: str, timestamp: int) -> None:
-    """Every entity takes its state at ``timestamp`` and acknowledges it."""
+    """Every entity takes its state at ``timestamp`` and acknowledges it.
+
+    The state comes from an input at the entity's own time, before its next savepoint
+    (an input past it must wait for the acknowledgement, which the engine enforces).
+    """
     for entity in entities:
-        entity.update_state(timestamp, engine_state(writer, entity.id, timestamp))
+        entity.update_state(entity.timestamp, engine_state(writer, entity.id, timestamp))
         entity.ack_processed_time(timestamp)
 
 
@@ -437,10 +441,10 @@ class FullDiskTests(BackendHooks):
                 drive(entities, "A", 1000)
                 filler = fill(disk, leave=64 * 1024)
                 for entity in entities[:-1]:  # savepoint 2000 fills in memory: no write
-                    entity.update_state(2000, big_state("A", entity.id, 2000))
+                    entity.update_state(1999, big_state("A", entity.id, 2000))
                     entity.ack_processed_time(2000)
                 last = entities[-1]
-                last.update_state(2000, big_state("A", last.id, 2000))
+                last.update_state(1999, big_state("A", last.id, 2000))
                 with pytest.raises(BackendError, match=r"savepoint 2000: .*disk is full") as full:
                     last.ack_processed_time(2000)
                 print(full.value)  # shown with -s: the error a user sees
@@ -457,6 +461,33 @@ class FullDiskTests(BackendHooks):
                 assert storage.get_latest_savepoint(FULL_RUN) == engine_savepoint("A", 3000)
                 stamps = [row.timestamp for row in storage.list_savepoints(FULL_RUN)]
                 assert stamps == [1000, 2000, 3000]
+            self.check_integrity(url)
+
+    def test_a_full_disk_fails_the_watermark_leaving_every_entity_as_it_was(
+        self, tmp_path: Path
+    ) -> None:
+        with self.small_disk(tmp_path) as disk:
+            url = self.url_in(disk)
+            with self.open(url) as storage:
+                store = StateStore(FULL_RUN, SCHEDULE, storage=storage, keep_savepoints=3)
+                first = [(e, engine_state("A", e, 0)) for e in ENTITIES]
+                entities = store.init_run_state(0, first)
+                store.ack_processed_time(1000)
+                for entity in entities:
+                    entity.update_state(1999, big_state("A", entity.id, 2000))
+                filler = fill(disk, leave=64 * 1024)
+                before = [(e.timestamp, e.next_savepoint, e.last_savepoint) for e in entities]
+                with pytest.raises(BackendError, match=r"savepoint 2000: .*disk is full"):
+                    store.ack_processed_time(2000)
+                after = [(e.timestamp, e.next_savepoint, e.last_savepoint) for e in entities]
+                assert after == before  # every entity as it was, none half-saved
+                assert [row.timestamp for row in storage.list_savepoints(FULL_RUN)] == [1000]
+                filler.unlink()  # space returns
+                store.ack_processed_time(2000)  # the same call again: persisted now
+                saved = storage.get_latest_savepoint(FULL_RUN)
+                assert saved.timestamp == 2000
+                assert [state["ts"] for _, state in saved.entities] == [2000] * len(ENTITIES)
+                assert [e.next_savepoint for e in entities] == [3000] * len(ENTITIES)
             self.check_integrity(url)
 
     def test_every_write_on_a_full_disk_is_a_clear_error(self, tmp_path: Path) -> None:
