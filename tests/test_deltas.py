@@ -280,3 +280,12 @@ def test_a_loaded_savepoint_replaced_before_the_next_save_is_not_built_on(url: s
         reader.save_savepoint("run", 3, states(200, {3: 4}))
         assert len(manifest(reader, 3).tables) == 2  # then deltas on its own save again
         reader.close()
+
+
+def test_a_change_set_may_remove_every_entity(storage: Storage) -> None:
+    storage.save_savepoint("run", 1, [("a", 1), ("b", 2)])
+    storage.save_changes("run", 2, [], removed=["a", "b"])
+    assert storage.get_latest_savepoint("run") == (2, [])
+    storage.save_changes("run", 3, [("c", 3)])
+    assert storage.get_latest_savepoint("run") == (3, [("c", 3)])
+    assert [row.entity_count for row in storage.list_savepoints("run")] == [2, 0, 1]

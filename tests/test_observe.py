@@ -282,8 +282,43 @@ def test_engine_status_sums_over_engines_and_leaves_with_them(telemetry: Telemet
     assert telemetry.total("statestore.engine.stalled") == 1
     del one
     gc.collect()
+    observe.report_engine_status(two, pending_savepoints=3, stalled_entities=0)  # unchanged
     assert telemetry.total("statestore.engine.pending") == 3
     assert telemetry.total("statestore.engine.stalled") == 0
+
+
+def test_an_engine_collected_inside_observe_s_locked_section_does_not_hang(
+    telemetry: Telemetry,
+) -> None:
+    """A collection can start at any allocation, inside observe's own locked sections
+    too: an engine's finalizer must not wait for that lock (it once deadlocked)."""
+
+    class Engine:
+        pass
+
+    gone, staying = Engine(), Engine()
+    observe.report_engine_status(gone, pending_savepoints=5, stalled_entities=2)
+    with observe._status_lock:
+        del gone
+        gc.collect()  # the finalizer runs here, in the thread that holds the lock
+    observe.report_engine_status(staying, pending_savepoints=1, stalled_entities=1)
+    assert telemetry.total("statestore.engine.pending") == 1
+    assert telemetry.total("statestore.engine.stalled") == 1
+
+
+def test_a_stalled_engine_reports_its_pending_savepoints(
+    telemetry: Telemetry, tmp_path: Path
+) -> None:
+    with statestore.open_storage(f"sqlite:///{tmp_path / 'stall.db'}") as storage:
+        engine = statestore.StateStore(RUN, 60_000, storage)
+        fast, slow = engine.start(0, [("fast", 0), ("slow", 0)]).entities
+        fast.ack_processed_time(4 * 60_000)  # "slow" holds savepoints 60000..240000 back
+        assert engine.status().pending_savepoints == 4
+        assert telemetry.total("statestore.engine.pending") == 4
+        assert telemetry.total("statestore.engine.stalled") == 1
+        slow.ack_processed_time(4 * 60_000)
+        assert telemetry.total("statestore.engine.pending") == 0
+        assert telemetry.total("statestore.engine.stalled") == 0
 
 
 def test_every_listed_operation_is_instrumented() -> None:

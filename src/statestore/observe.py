@@ -20,6 +20,7 @@ The storage base applies :func:`instrument_operations` to its public methods and
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import functools
 import importlib.metadata
@@ -218,6 +219,9 @@ def use(tracer_provider: Any = None, meter_provider: Any = None) -> None:
     with _lock:
         _providers = (tracer_provider, meter_provider)
         _telemetry = None
+    with _status_lock:  # new instruments start from zero: engines report to them anew
+        _engine_status.clear()
+        _retired.clear()
 
 
 def _get() -> _Telemetry:
@@ -428,6 +432,11 @@ def record_prune_freed(storage: object, freed: int | None) -> None:
 # What each engine last reported, by id(engine), so that the process-wide sums move by the
 # difference; an engine's finalizer takes its share back out.
 _engine_status: dict[int, tuple[int, int]] = {}
+_status_lock = threading.Lock()
+# Engines garbage collected since the last report. A finalizer may run inside any locked
+# section of this thread (a collection can start at any allocation): it only appends here,
+# which takes no lock, and the next report takes their shares out.
+_retired: collections.deque[int] = collections.deque()
 
 
 def report_engine_status(engine: object, pending_savepoints: int, stalled_entities: int) -> None:
@@ -435,25 +444,24 @@ def report_engine_status(engine: object, pending_savepoints: int, stalled_entiti
 
     ``statestore.engine.pending`` and ``statestore.engine.stalled`` are sums over every
     engine of the process (no run id, by design): each call moves them by the change
-    since this engine's last report, and an engine that is garbage collected takes its
-    share back out. Call it whenever the engine's status changes, e.g. after each save.
+    since this engine's last report, and an engine that was garbage collected has its
+    share taken back out at the next report. The engine calls it whenever its figures
+    change.
     """
     if not AVAILABLE:
         return
+    pending, stalled = 0, 0
     key = id(engine)
-    with _lock:
+    with _status_lock:
+        while _retired:
+            gone = _engine_status.pop(_retired.popleft(), (0, 0))
+            pending, stalled = pending - gone[0], stalled - gone[1]
         last = _engine_status.get(key)
         if last is None:
             last = (0, 0)
-            weakref.finalize(engine, _retire, key)
+            weakref.finalize(engine, _retired.append, key)
         _engine_status[key] = (pending_savepoints, stalled_entities)
-    _move(pending_savepoints - last[0], stalled_entities - last[1])
-
-
-def _retire(key: int) -> None:
-    with _lock:
-        last = _engine_status.pop(key, (0, 0))
-    _move(-last[0], -last[1])
+    _move(pending + pending_savepoints - last[0], stalled + stalled_entities - last[1])
 
 
 def _move(pending: int, stalled: int) -> None:

@@ -194,6 +194,10 @@ class Fills:
         """
         return self._frontier
 
+    def at_frontier(self) -> int:
+        """How many members sit at the frontier (O(1)): the ones holding it back."""
+        return self._at_frontier
+
     def slowest(self) -> list[str]:
         """The live members at the frontier: the ones holding the next savepoint back."""
         self._spread_column()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import NamedTuple
 
+from .. import observe
 from ._fills import Fills
 
 __all__ = ["STALL_WARNING_SAVEPOINTS", "StallWatch", "StoreStatus"]
@@ -48,13 +50,22 @@ class StallWatch:
     the count starts over once the stall clears.
     """
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, owner: object) -> None:
         self._run_id = run_id
+        self._owner = weakref.ref(owner)
         self._warn_at = STALL_WARNING_SAVEPOINTS
+        self._reported = (0, 0)
 
     def check(self, fills: Fills, schedule: int) -> None:
-        """Warn if the savepoints waiting for the frontier reached the next threshold."""
+        """Warn if the savepoints waiting for the frontier reached the next threshold, and
+        report the figures to :mod:`statestore.observe` when they changed."""
         waiting = (fills.reached - fills.frontier()) // schedule  # O(1): at every ack
+        figures = (waiting, fills.at_frontier() if waiting else 0)
+        if figures != self._reported:
+            self._reported = figures
+            owner = self._owner()
+            if owner is not None:
+                observe.report_engine_status(owner, *figures)
         if waiting < self._warn_at:
             if waiting < STALL_WARNING_SAVEPOINTS:
                 self._warn_at = STALL_WARNING_SAVEPOINTS

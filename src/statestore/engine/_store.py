@@ -100,7 +100,7 @@ class StateStore:
         # out, so that its watermark can save them all.
         self._entities: dict[str, Entity] = {}
         self._last_persisted: int | None = None
-        self._stalls = StallWatch(self.run_id)
+        self._stalls = StallWatch(self.run_id, self)
         # trust_update_state: the ids removed, with their last savepoint, that the
         # storage's base savepoint may still hold (a change set must leave them out).
         self._removed: dict[str, int] = {}
@@ -231,7 +231,7 @@ class StateStore:
         self._stale = False
         self._retention_hold = retention_hold
         self._last_persisted = loaded
-        self._stalls = StallWatch(self.run_id)
+        self._stalls = StallWatch(self.run_id, self)
         self._removed = {}
         return self._generation
 

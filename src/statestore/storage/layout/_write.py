@@ -274,10 +274,7 @@ def _full_delta(
         else next(fresh)
         for row in rows
     ]
-    pack_col, index_col, offset_col, length_col = (list(c) for c in zip(*columns, strict=True))
-    return Delta(
-        True, packs, added=Rows(list(ids), pack_col, index_col, offset_col, length_col)
-    ), new
+    return Delta(True, packs, added=Rows(list(ids), *_columns(columns))), new
 
 
 def _manifest_packs(m: Manifest) -> Packs:
@@ -418,10 +415,14 @@ def build_record(
     return record, ReuseBase(manifest, position, hashes)
 
 
-def _columns(rows: list[tuple[int, int, int, int]]) -> tuple[list[int], ...]:
+def _columns(
+    rows: list[tuple[int, int, int, int]],
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Rows of (pack, index, offset, length) as four columns (four empty ones for none)."""
     if not rows:
         return [], [], [], []
-    return tuple(list(column) for column in zip(*rows, strict=True))
+    pack, index, offset, length = (list(column) for column in zip(*rows, strict=True))
+    return pack, index, offset, length
 
 
 def _as_delta(
