@@ -526,29 +526,60 @@ def run_engine(bench: Bench) -> EngineResult:
 
 
 def _engine_against_raw(storage: Any, sizes: Sizes) -> Series:
+    """Seconds per savepoint of each way the engine is driven, and of the raw save.
+
+    * ``raw``: ``save_savepoint`` of every state, then ``delete_old_savepoints``;
+    * ``engine``: each entity updates and acknowledges the savepoint itself;
+    * ``watermark``: each entity updates, then one ``store.ack_processed_time``;
+    * ``trust-all`` / ``trust-1%``: a store with ``trust_update_state=True`` whose
+      entities all update / 1% of them update, then the watermark.
+    """
     n, rounds, keep = sizes.engine_entities, sizes.engine_savepoints, sizes.engine_keep
     storage.init_storage("raw")
-    engine = _engine_class()("engine", INTERVAL, storage=storage, keep_savepoints=keep)
-    entities = engine.init_run_state(0, full_step(n, 0))
+    engine_class = _engine_class()
+    stores: dict[str, Any] = {}
+    members: dict[str, list[Any]] = {}
+    for name in ("engine", "watermark", "trust-all", "trust-1%"):
+        trust = {"trust_update_state": True} if name.startswith("trust") else {}
+        stores[name] = engine_class(name, INTERVAL, storage=storage, keep_savepoints=keep, **trust)
+        members[name] = stores[name].init_run_state(0, full_step(n, 0))
+    stride = 100  # trust-1%: every 100th entity updates
 
     def raw(timestamp: int, states: Entities) -> None:
         storage.save_savepoint("raw", timestamp, states)
         storage.delete_old_savepoints("raw", keep)
 
     def acking(timestamp: int, states: Entities) -> None:
-        for entity, (_id, state) in zip(entities, states, strict=True):
+        for entity, (_id, state) in zip(members["engine"], states, strict=True):
             entity.update_state(timestamp - 1, state)
             entity.ack_processed_time(timestamp)
 
-    actions = {"raw": raw, "engine": acking}
-    times = Series({"raw": [], "engine": []})
+    def watermark(name: str, every: int) -> Callable[[int, Entities], None]:
+        def run(timestamp: int, states: Entities) -> None:
+            for entity, (_id, state) in zip(members[name][::every], states[::every], strict=True):
+                entity.update_state(timestamp - 1, state)
+            stores[name].ack_processed_time(timestamp)
+
+        return run
+
+    actions: dict[str, Callable[[int, Entities], None]] = {
+        "raw": raw,
+        "engine": acking,
+        "watermark": watermark("watermark", 1),
+        "trust-all": watermark("trust-all", 1),
+        "trust-1%": watermark("trust-1%", stride),
+    }
+    names = list(actions)
+    times = Series({name: [] for name in names})
     for step in range(rounds + 1):  # step 0: warm-up, not kept
         timestamp, states = (step + 1) * INTERVAL, full_step(n, step + 1)
-        for which in ("raw", "engine") if step % 2 else ("engine", "raw"):
+        shift = step % len(names)
+        for which in names[shift:] + names[:shift]:
             seconds = clock(lambda: actions[which](timestamp, states))  # noqa: B023
             if step > 0:
                 times.times[which].append(seconds)
-    latest = storage.get_latest_savepoint("engine")
-    if latest.timestamp != (rounds + 1) * INTERVAL or len(latest.entities) != n:
-        raise AssertionError("engine: the latest savepoint is not the last one acknowledged")
+    for name in ("engine", "watermark", "trust-all", "trust-1%"):
+        latest = storage.get_latest_savepoint(name)
+        if latest.timestamp != (rounds + 1) * INTERVAL or len(latest.entities) != n:
+            raise AssertionError(f"{name}: the latest savepoint is not the last one acknowledged")
     return times

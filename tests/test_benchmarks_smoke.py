@@ -53,6 +53,9 @@ def _every_workload_measures_every_subject(results: dict[str, Any]) -> None:
     # An in-process memory store cannot be shared by W4's processes: left out there.
     assert set(results["w4"]["seconds"]["save"]) == {"statestore-sqlite", "floor"}
     assert set(results["engine"]["seconds"]) == {"statestore-memory", "statestore-sqlite"}
+    assert set(results["engine"]["seconds"]["statestore-sqlite"]) == {
+        "raw", "engine", "watermark", "trust-all", "trust-1%",
+    }  # fmt: skip
 
 
 def _targets_get_a_verdict_with_the_figure(results: dict[str, Any], stdout: str) -> None:
