@@ -227,7 +227,9 @@ def _w5_table(w5: RichResult) -> str:
         f"{p['events']:,} events, a savepoint every hour of event time ({p['savepoints']:,} "
         "savepoints, the 3 newest kept). `statestore-sqlite` saves every state "
         "(the default: each is encoded to find which changed); `statestore-sqlite-changes` "
-        "saves the states the job updated since the last savepoint through `save_changes`."
+        "saves the states the job updated since the last savepoint through `save_changes`; "
+        "`statestore-engine` runs the job on a `StateStore` whose watermark each event "
+        "calls, `-trust` with `trust_update_state=True`."
     )
 
 
@@ -378,6 +380,11 @@ def _w5_targets(w5: RichResult | None) -> list[Target]:
     default = None if w5 is None else _to(w5.job, "statestore-sqlite", W5_PEER)
     found.append(Target("W5", "statestore-sqlite", f"job x {W5_PEER} job (default, reported)",
                         default, "reported", None))  # fmt: skip
+    for engine in ("statestore-engine", "statestore-engine-trust"):
+        ratio = None if w5 is None else _to(w5.job, engine, W5_PEER)
+        found.append(
+            Target("W5", engine, f"job x {W5_PEER} job (reported)", ratio, "reported", None)
+        )
     return found
 
 

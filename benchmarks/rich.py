@@ -12,7 +12,12 @@ how a savepoint is written:
   is encoded to find which changed), then ``delete_old_savepoints``;
 * ``statestore-sqlite-changes``: ``save_changes`` with the states the job updated since
   the last savepoint (the job knows: it trusts its own updates), then
-  ``delete_old_savepoints``.
+  ``delete_old_savepoints``;
+* ``statestore-engine``: the job on a ``StateStore`` (SQLite): each event calls the
+  watermark ``store.ack_processed_time(ts)`` then ``update_state`` on its entity; every
+  state is encoded at each savepoint (the default);
+* ``statestore-engine-trust``: the same with ``trust_update_state=True``: only the
+  entities updated since their last save are encoded and written.
 
 Each round runs the whole job once per subject, in a rotating order; the report gives
 the median job time, the share of it spent in savepoints, and the ratio to pickle's job
@@ -76,6 +81,17 @@ def _initial(index: int) -> dict[str, Any]:
     }
 
 
+def _apply(state: dict[str, Any], event: Event) -> None:
+    """The job's work for one event: what every subject runs alike."""
+    ts, _where, carrier, destination, delay = event
+    state["flights"] += 1
+    state["delay_total"] += delay
+    state["carriers"].add(carrier)
+    state["last"] = (ts, carrier)
+    state["seen_at"] = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts)
+    state["routes"][destination] = state["routes"].get(destination, 0) + 1
+
+
 def run_job(stream: list[Event], airports: int, checkpoint: Checkpoint) -> float:
     """Process the stream, checkpointing at each hour; the seconds spent in checkpoints."""
     states = [_initial(i) for i in range(airports)]
@@ -83,21 +99,32 @@ def run_job(stream: list[Event], airports: int, checkpoint: Checkpoint) -> float
     updated: set[str] = set()
     next_savepoint = HOUR
     in_checkpoints = 0.0
-    for ts, where, carrier, destination, delay in stream:
-        while ts >= next_savepoint:  # every input before the boundary is processed
+    for event in stream:
+        while event[0] >= next_savepoint:  # every input before the boundary is processed
             started = time.perf_counter()
             checkpoint(next_savepoint, list(zip(ids, states, strict=True)), updated)
             in_checkpoints += time.perf_counter() - started
             updated = set()
             next_savepoint += HOUR
-        state = states[where]
-        state["flights"] += 1
-        state["delay_total"] += delay
-        state["carriers"].add(carrier)
-        state["last"] = (ts, carrier)
-        state["seen_at"] = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts)
-        state["routes"][destination] = state["routes"].get(destination, 0) + 1
-        updated.add(ids[where])
+        _apply(states[event[1]], event)
+        updated.add(ids[event[1]])
+    return in_checkpoints
+
+
+def run_engine_job(stream: list[Event], airports: int, store: Any) -> float:
+    """The same job on a ``StateStore``: each event acknowledges its time (the watermark,
+    which persists each savepoint it completes), then updates its entity; the seconds
+    spent in the watermark calls."""
+    defs = [(_airport(i), _initial(i)) for i in range(airports)]
+    entities = store.start(0, defs).entities
+    states = [entity.state for entity in entities]
+    in_checkpoints = 0.0
+    for event in stream:
+        started = time.perf_counter()
+        store.ack_processed_time(event[0])
+        in_checkpoints += time.perf_counter() - started
+        _apply(states[event[1]], event)
+        entities[event[1]].update_state(event[0], states[event[1]])
     return in_checkpoints
 
 
@@ -105,6 +132,9 @@ def run_job(stream: list[Event], airports: int, checkpoint: Checkpoint) -> float
 
 
 class _PickleSQLite:
+    def run(self, stream: list[Event], airports: int) -> float:
+        return run_job(stream, airports, self.checkpoint)
+
     def __init__(self, directory: Path) -> None:
         self.conn = sqlite3.connect(directory / "pickle.db", isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -123,6 +153,9 @@ class _PickleSQLite:
 
 
 class _Statestore:
+    def run(self, stream: list[Event], airports: int) -> float:
+        return run_job(stream, airports, self.checkpoint)
+
     def __init__(self, directory: Path, *, changes: bool) -> None:
         import statestore
 
@@ -144,13 +177,31 @@ class _Statestore:
         self.storage.close()
 
 
-_Subject = _PickleSQLite | _Statestore
+class _Engine:
+    def __init__(self, directory: Path, *, trust: bool) -> None:
+        import statestore
+
+        self.storage = statestore.open_storage(f"sqlite:///{directory / 'engine.db'}")
+        self.store = statestore.StateStore(
+            "w5", HOUR, storage=self.storage, keep_savepoints=KEEP, trust_update_state=trust
+        )
+
+    def run(self, stream: list[Event], airports: int) -> float:
+        return run_engine_job(stream, airports, self.store)
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+_Subject = _PickleSQLite | _Statestore | _Engine
 
 #: W5's subjects by name, each made in a fresh directory.
 W5_SUBJECTS: dict[str, Callable[[Path], _Subject]] = {
     "pickle-sqlite": _PickleSQLite,
     "statestore-sqlite": lambda directory: _Statestore(directory, changes=False),
     "statestore-sqlite-changes": lambda directory: _Statestore(directory, changes=True),
+    "statestore-engine": lambda directory: _Engine(directory, trust=False),
+    "statestore-engine-trust": lambda directory: _Engine(directory, trust=True),
 }
 
 
@@ -185,7 +236,7 @@ def run_w5(
             try:
                 settle()
                 started = time.perf_counter()
-                in_checkpoints = run_job(stream, airports, subject.checkpoint)
+                in_checkpoints = subject.run(stream, airports)
                 job.times[name].append(time.perf_counter() - started)
                 inside.times[name].append(in_checkpoints)
             finally:

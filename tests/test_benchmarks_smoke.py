@@ -49,6 +49,7 @@ def _every_workload_measures_every_subject(results: dict[str, Any]) -> None:
     assert results["w3"]["bytes_per_save"]["statestore-sqlite-changes"] > 0
     assert set(results["w5"]["seconds"]["job"]) == {
         "pickle-sqlite", "statestore-sqlite", "statestore-sqlite-changes",
+        "statestore-engine", "statestore-engine-trust",
     }  # fmt: skip
     # An in-process memory store cannot be shared by W4's processes: left out there.
     assert set(results["w4"]["seconds"]["save"]) == {"statestore-sqlite", "floor"}

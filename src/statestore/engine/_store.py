@@ -381,6 +381,8 @@ class StateStore:
                     if not (self.trust_update_state and self._persist_changes(fills, upto, due)):
                         # Their states go in as one column.
                         fills.fill_all(upto, encode_all(self.storage, self.run_id, due))
+                elif fills.aligned():
+                    due = []  # every entity stands at the last finished savepoint: none due
                 else:
                     due = [e for e in entities if cast(int, e.next_savepoint) <= timestamp]
                     for entity, data in zip(
@@ -594,5 +596,5 @@ class StateStore:
 
 def _advance(entities: list[Entity], timestamp: int) -> None:
     """Every entity has processed the inputs below ``timestamp``."""
-    for entity in entities:
+    for entity in entities:  # a comparison, not a call of max(): this runs for each one
         entity.timestamp = max(entity.timestamp, timestamp)
