@@ -275,8 +275,9 @@ def _engine_table(engine: EngineResult) -> str:
     return _table(header, rows) + (
         f"\n\n{n:,} entities, {engine.params['savepoints']} savepoints (keep "
         f"{engine.params['keep']}), against save_savepoint plus delete_old_savepoints of the "
-        "same states: each entity updating and acknowledging itself; each updating, then one "
-        "watermark call (the default mode: every state encoded); and, with "
+        "same states: each entity updating and acknowledging itself (timed whole); each "
+        "updating, then one watermark call (the default mode: every state encoded; the "
+        "call timed, the updates are the job's own work); and, with "
         "trust_update_state=True, the watermark after 1% of the entities updated against "
         "after all did."
     )

@@ -371,14 +371,21 @@ class Storage(ABC):
         )  # fmt: skip
 
     def _check_encoded(self, run_id: str, ids: list[str], encoded: list[Any]) -> None:
-        for entity_id, data in zip(ids, encoded, strict=True):
-            if not isinstance(data, bytes):
-                raise InvalidArgumentError(
-                    f"run {run_id!r}: entity {entity_id!r}: encoded state must be bytes, "
-                    f"not {type(data).__name__}"
-                )
-            layout.check_state_size(run_id, entity_id, data)
-        layout.check_encoded(self.codec, run_id, ids, encoded)
+        # In bulk first (C loops: the engine saves thousands of states at once); one by
+        # one only to name the entity at fault.
+        kinds = set(map(type, encoded))
+        if not kinds <= {bytes, layout.EncodedState} or (
+            encoded and max(map(len, encoded)) > layout.MAX_STATE_BYTES
+        ):
+            for entity_id, data in zip(ids, encoded, strict=True):
+                if not isinstance(data, bytes):
+                    raise InvalidArgumentError(
+                        f"run {run_id!r}: entity {entity_id!r}: encoded state must be "
+                        f"bytes, not {type(data).__name__}"
+                    )
+                layout.check_state_size(run_id, entity_id, data)
+        if kinds != {layout.EncodedState}:  # states encode_state made need no check
+            layout.check_encoded(self.codec, run_id, ids, encoded)
 
     def _save(
         self,
