@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -157,15 +157,22 @@ class StatestoreChanges(StatestoreSubject):
     """statestore's change-set API: the first save whole, then ``save_changes`` with the
     states the workload says changed (the caller knows, as a job that tracks updates)."""
 
+    def __init__(self, place: Place) -> None:
+        super().__init__(place)
+        self._saved: set[str] = set()
+
     def save(
         self, run_id: str, timestamp: int, entities: Entities, changed: Collection[str] | None
     ) -> None:
-        if changed is None or not self.storage.list_savepoints(run_id):
+        if changed is None or run_id not in self._saved:
             self.storage.save_savepoint(run_id, timestamp, entities)
-            return
-        wanted = set(changed)
-        updates = [(entity_id, state) for entity_id, state in entities if entity_id in wanted]
-        self.storage.save_changes(run_id, timestamp, updates)
+            self._saved.add(run_id)
+        elif isinstance(changed, Mapping):  # the changed states, as the caller holds them
+            self.storage.save_changes(run_id, timestamp, list(changed.items()))
+        else:
+            wanted = set(changed)
+            updates = [(entity_id, state) for entity_id, state in entities if entity_id in wanted]
+            self.storage.save_changes(run_id, timestamp, updates)
 
 
 class StatestoreSQLite(StatestoreSubject):

@@ -28,7 +28,7 @@ import secrets
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,8 +213,11 @@ class EngineResult:
     by_backend: dict[str, Series]
 
 
-def _saver(run_id: str) -> Callable[[Subject, tuple[int, Entities, list[str] | None]], None]:
-    def save(subject: Subject, item: tuple[int, Entities, list[str] | None]) -> None:
+_SaveItem = tuple[int, Entities, Collection[str] | None]
+
+
+def _saver(run_id: str) -> Callable[[Subject, _SaveItem], None]:
+    def save(subject: Subject, item: _SaveItem) -> None:
         timestamp, entities, changed = item
         subject.save(run_id, timestamp, entities, changed)
 
@@ -333,14 +336,18 @@ def run_w3(bench: Bench) -> Timed:
         full = measure(subjects, _full_rounds(n, range(1, sizes.w3_full + 1)), _saver("w3"))
         previous = full_step(n, sizes.w3_full)
 
-        def sparse_rounds() -> Iterator[tuple[int, Entities, list[str]]]:
+        def sparse_rounds() -> Iterator[tuple[int, Entities, dict[str, Any]]]:
             nonlocal previous, changed_bytes
             first = sizes.w3_full + 1
             for step in range(first, first + sizes.w3_sparse):
                 previous, changed = sparse_step(previous, step, sizes.w3_fraction)
                 wanted = set(changed)
-                changed_bytes = encoded_size([e for e in previous if e[0] in wanted])
-                yield step * INTERVAL, previous, changed
+                # The changed states by id, built before the clock starts: what a caller
+                # that tracks its updates holds (its keys are the changed ids for the
+                # subjects that only take ids).
+                states = {e[0]: e[1] for e in previous if e[0] in wanted}
+                changed_bytes = encoded_size(list(states.items()))
+                yield step * INTERVAL, previous, states
 
         sparse = measure(subjects, sparse_rounds(), _saver("w3"))
         written = _written(subjects, "w3")
