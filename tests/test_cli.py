@@ -227,7 +227,9 @@ def test_show_json_prints_the_latest_states_exactly(filled: str) -> None:
     shown = json.loads(result.stdout)
     assert shown["timestamp"] == 240_000
     expected = states("sensor-fleet", 240_000)
-    assert shown["entities"] == [{"id": e, "state": to_json(s)} for e, s in expected]
+    assert shown["entities"] == [
+        {"id": e, "state_version": 1, "state": to_json(s)} for e, s in expected
+    ]
 
 
 def test_show_at_a_timestamp_and_chosen_entities(filled: str) -> None:
@@ -347,3 +349,17 @@ def test_dates_and_sizes_for_people() -> None:
     assert [format_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20, None)] == [
         "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "?",
     ]  # fmt: skip
+
+
+def test_show_prints_the_state_versions(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'versions.db'}"
+    with statestore.open_storage(url) as storage:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, [("a", 1), ("b", 2)], state_version=1)
+        storage.save_changes("run", 120_000, [("b", 3)], state_version=2)
+    text = run_cli("show", "run", "--url", url).stdout
+    assert "2 entities, state version 1, 2" in text
+    assert "a (version 1):" in text
+    assert "b (version 2):" in text
+    shown = json.loads(run_cli("show", "run", "--url", url, "--json").stdout)
+    assert [(e["id"], e["state_version"]) for e in shown["entities"]] == [("a", 1), ("b", 2)]

@@ -131,6 +131,7 @@ def show(args: argparse.Namespace, out: Output) -> int:
     with open_store(args.url) as storage:
         savepoint = ops.load_savepoint(storage, args.run, args.at)
     entities = savepoint.entities
+    version_of = dict(zip([e for e, _ in entities], savepoint.versions, strict=True))
     if args.entity:
         known = dict(entities)
         missing = [entity_id for entity_id in args.entity if entity_id not in known]
@@ -145,19 +146,29 @@ def show(args: argparse.Namespace, out: Output) -> int:
             {
                 "run_id": args.run,
                 "timestamp": savepoint.timestamp,
-                "entities": [{"id": e, "state": to_json(state)} for e, state in entities],
+                "entities": [
+                    {"id": e, "state_version": version_of[e], "state": to_json(state)}
+                    for e, state in entities
+                ],
             }
         )
         return EXIT_OK
+    versions = sorted({version_of[e] for e, _ in entities})
     out.line(
         f"run {args.run!r}, savepoint {savepoint.timestamp} "
         f"({format_date(savepoint.timestamp)} UTC), {len(entities)} "
-        f"entit{'y' if len(entities) == 1 else 'ies'}"
+        f"entit{'y' if len(entities) == 1 else 'ies'}, state version "
+        f"{', '.join(map(str, versions)) or '-'}"
     )
     shortened = False
     for entity_id, state in entities:
         out.line()
-        out.line(f"{entity_id}:")
+        label = (
+            f"{entity_id}:"
+            if len(versions) <= 1
+            else f"{entity_id} (version {version_of[entity_id]}):"
+        )
+        out.line(label)
         out.state(state, full=args.full)
         shortened = shortened or (not args.full and is_abbreviated(state))
     if shortened:

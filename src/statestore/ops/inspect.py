@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import BackendError, CorruptSavepointError, NoSavepointError
-from ..storage import Savepoint, SavepointInfo, SavepointLayout, Storage, validate
+from ..storage import SavepointInfo, SavepointLayout, Storage, StoredSavepoint, validate
 from ._common import require_run, savepoint_data_size
 
 __all__ = [
@@ -186,9 +186,8 @@ def _biggest(layout: SavepointLayout, top: int) -> list[EntitySize]:
     return sorted(sizes, key=lambda e: (-e.encoded, e.entity_id))[:top]
 
 
-def load_savepoint(storage: Storage, run_id: str, timestamp: int | None = None) -> Savepoint:
-    """The savepoint at ``timestamp`` (latest when None), decoded; names an unknown run."""
+def load_savepoint(storage: Storage, run_id: str, timestamp: int | None = None) -> StoredSavepoint:
+    """The savepoint at ``timestamp`` (latest when None), decoded, with the state version
+    each state was saved with; names an unknown run."""
     run_id = require_run(storage, run_id)
-    if timestamp is None:
-        return storage.get_latest_savepoint(run_id)
-    return storage.get_savepoint(run_id, timestamp)
+    return storage.load_savepoint(run_id, timestamp)
