@@ -289,3 +289,18 @@ def test_a_change_set_may_remove_every_entity(storage: Storage) -> None:
     storage.save_changes("run", 3, [("c", 3)])
     assert storage.get_latest_savepoint("run") == (3, [("c", 3)])
     assert [row.entity_count for row in storage.list_savepoints("run")] == [2, 0, 1]
+
+
+def test_a_savepoint_s_layout_says_which_states_it_wrote(storage: Storage) -> None:
+    from statestore import ops
+
+    storage.save_savepoint("run", 1, states(100))
+    storage.save_savepoint("run", 2, states(100, {5: 1, 50: 1}))
+    storage.save_changes("run", 3, [("new", 1)], removed=["e00007"])
+    assert [storage.describe_savepoint("run", ts).states_written for ts in (1, 2, 3)] == [
+        100,
+        2,
+        1,
+    ]
+    stats = ops.run_stats(storage, "run", top=1).savepoints
+    assert [(s.states_written, s.states_reused) for s in stats] == [(100, 0), (2, 98), (1, 99)]

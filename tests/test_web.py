@@ -265,3 +265,12 @@ def test_the_runs_page_is_paginated_and_sizes_only_its_runs(tmp_path: Path) -> N
         listed = rows(second, "runs")
         assert len(listed) == 5
         assert '<td class="num">1</td>' in listed[-1]  # run-104: one savepoint
+
+
+def test_the_timeline_shows_the_states_each_savepoint_wrote_and_reused(
+    client: TestClient,
+) -> None:
+    # DIFF_RUN's second savepoint writes "b" (changed) and "d" (new) and reuses "a".
+    timeline = rows(get(client, "/run", run=DIFF_RUN), "timeline")
+    assert "<td>2 / 1</td>" in timeline[0]
+    assert "<td>3 / 0</td>" in timeline[1]

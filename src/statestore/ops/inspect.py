@@ -43,7 +43,8 @@ class SavepointStats:
     ``size`` is what the savepoint itself added to the store (an incremental
     savepoint writes only the states that changed); ``state_bytes`` is the encoded size
     of every state it holds, ``growth`` the change of ``state_bytes`` since the
-    previous savepoint (None for the first).
+    previous savepoint (None for the first); ``states_written`` the states it wrote
+    anew, ``states_reused`` those it points at in earlier savepoints' packs.
     """
 
     timestamp: int
@@ -51,6 +52,8 @@ class SavepointStats:
     size: int
     state_bytes: int
     growth: int | None
+    states_written: int = 0
+    states_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,17 @@ def _stats(
         layout = found[row.timestamp]
         state_bytes = layout.state_bytes
         growth = None if previous is None else state_bytes - previous
+        written = layout.states_written
         savepoints.append(
-            SavepointStats(row.timestamp, row.entity_count, row.size, state_bytes, growth)
+            SavepointStats(
+                row.timestamp,
+                row.entity_count,
+                row.size,
+                state_bytes,
+                growth,
+                written,
+                len(layout.states) - written,
+            )
         )
         previous = state_bytes
         size += layout.manifest_size  # as savepoint_data_size counts: a shared pack once

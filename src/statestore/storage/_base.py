@@ -162,12 +162,14 @@ class Capabilities:
 
 
 class StoredState(NamedTuple):
-    """How one entity's state is stored: its encoded and stored (maybe compressed) bytes."""
+    """How one entity's state is stored: its encoded and stored (maybe compressed) bytes,
+    and the pack that holds it."""
 
     entity_id: str
     encoded_size: int
     stored_size: int
     compressed: bool
+    pack: str = ""
 
 
 class SavepointLayout(NamedTuple):
@@ -187,6 +189,14 @@ class SavepointLayout(NamedTuple):
     def state_bytes(self) -> int:
         """The encoded bytes of every state together (what the codec wrote)."""
         return sum(state.encoded_size for state in self.states)
+
+    @property
+    def states_written(self) -> int:
+        """The states this savepoint wrote anew: those in packs named for its timestamp
+        (a pack's name starts with the timestamp of the save that wrote it); the others
+        are reused from earlier savepoints' packs."""
+        own = f"{self.timestamp:020d}-"
+        return sum(1 for state in self.states if state.pack.startswith(own))
 
 
 class SavepointInfo(NamedTuple):

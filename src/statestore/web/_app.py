@@ -145,12 +145,22 @@ class _Pages:
             scale=format_size,
         )
         timeline = table(
-            ["savepoint", "date (UTC)", "entities", "written", "all states", "growth", ""],
+            [
+                "savepoint",
+                "date (UTC)",
+                "entities",
+                "states written / reused",
+                "written",
+                "all states",
+                "growth",
+                "",
+            ],
             [
                 [
                     link(s.timestamp, "/savepoint", run=run_id, ts=s.timestamp),
                     format_date(s.timestamp),
                     s.entity_count,
+                    f"{s.states_written:,} / {s.states_reused:,}",
                     format_size(s.size),
                     format_size(s.state_bytes),
                     "-" if s.growth is None else f"{s.growth:+,} B",
@@ -176,7 +186,8 @@ class _Pages:
             tag(
                 "p",
                 "'written' is what a savepoint added to the store (an incremental "
-                "savepoint stores only changed states); 'all states' their encoded size.",
+                "savepoint stores only changed states, and reuses the others from earlier "
+                "savepoints' packs); 'all states' their encoded size.",
                 class_="muted",
             ),
             timeline,

@@ -224,19 +224,24 @@ def extract_states(
     return [(entity_id, bytes(raw)) for entity_id, raw in zip(manifest.ids, raws, strict=True)]
 
 
-def stored_states(manifest: Manifest | ManifestV1) -> list[tuple[str, int, int, bool]]:
-    """``(entity_id, encoded bytes, stored bytes, compressed)`` per entity, from the
+def stored_states(manifest: Manifest | ManifestV1) -> list[tuple[str, int, int, bool, str]]:
+    """``(entity_id, encoded bytes, stored bytes, compressed, pack)`` per entity, from the
     manifest alone (a state of a compressed pack counts its encoded bytes as stored)."""
     if isinstance(manifest, ManifestV1):
         return [
-            (entity_id, raw, stored, bool(flag & _v1.FLAG_ZSTD))
-            for entity_id, raw, stored, flag in zip(
-                manifest.ids, manifest.raw_lengths, manifest.lengths, manifest.flags, strict=True
+            (entity_id, raw, stored, bool(flag & _v1.FLAG_ZSTD), manifest.packs[pack])
+            for entity_id, raw, stored, flag, pack in zip(
+                manifest.ids,
+                manifest.raw_lengths,
+                manifest.lengths,
+                manifest.flags,
+                manifest.pack_index,
+                strict=True,
             )
         ]
     compressed = [bool(flags & PACK_ZSTD) for flags in manifest.pack_flags]
     return [
-        (entity_id, length, length, compressed[pack])
+        (entity_id, length, length, compressed[pack], manifest.packs[pack])
         for entity_id, length, pack in zip(
             manifest.ids, manifest.lengths, manifest.pack_index, strict=True
         )
