@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import math
 import pickle
 import uuid
+from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,14 @@ def canonical(value: Any) -> Any:
         return (kind, "nan" if math.isnan(value) else (value, math.copysign(1, value)))
     if isinstance(value, list | tuple):
         return (kind, [canonical(item) for item in value])
+    if isinstance(value, collections.deque):
+        return (kind, value.maxlen, [canonical(item) for item in value])
     if isinstance(value, set | frozenset):
         return (kind, sorted((canonical(item) for item in value), key=repr))
     if isinstance(value, dict):
         pairs = [(canonical(k), canonical(v)) for k, v in value.items()]
-        return (kind, sorted(pairs, key=repr))
+        factory = getattr(value, "default_factory", None)
+        return (kind, factory, sorted(pairs, key=repr))
     if isinstance(value, dt.datetime | dt.time):
         return (kind, repr(value), value.isoformat(), value.fold)
     if isinstance(value, Decimal):
@@ -122,7 +127,8 @@ def _values() -> st.SearchStrategy[Any]:
         | st.uuids()
         | st.datetimes(timezones=st.none() | st.timezones())
         | st.dates()
-        | st.timedeltas(),
+        | st.timedeltas()
+        | st.fractions(),
         lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
         max_leaves=6,
     )
@@ -133,6 +139,12 @@ def _values() -> st.SearchStrategy[Any]:
             | st.tuples(inner)
             | st.dictionaries(hashable, inner, max_size=4)
             | st.sets(hashable, max_size=4)
+            | st.builds(
+                collections.deque, st.lists(inner, max_size=3), st.none() | st.integers(0, 4)
+            )
+            | st.dictionaries(hashable, inner, max_size=3).map(collections.OrderedDict)
+            | st.dictionaries(hashable, inner, max_size=3).map(lambda d: defaultdict(list, d))
+            | st.dictionaries(hashable, st.integers(), max_size=3).map(collections.Counter)
         ),
         max_leaves=20,
     )

@@ -8,8 +8,10 @@ integers (epoch milliseconds) with the UTC date beside them; JSON carries the in
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import datetime as dt
+import fractions
 import json
 import math
 import sys
@@ -196,13 +198,13 @@ def to_json(value: Any) -> Any:
         with contextlib.suppress(TypeError):
             items.sort()
         return items
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | collections.deque):
         return [to_json(item) for item in value]
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
-    if isinstance(value, Decimal | uuid.UUID):
+    if isinstance(value, Decimal | uuid.UUID | fractions.Fraction):
         return str(value)
     return repr(value)
 

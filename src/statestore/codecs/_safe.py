@@ -14,7 +14,11 @@ one decoder reads either; decoding likewise tries ormsgpack first and msgpack se
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
+import enum
+import fractions
 import itertools
 import uuid
 from collections.abc import Callable, Iterable
@@ -30,6 +34,11 @@ from ..errors import EncodeError
 
 __all__ = ["SafeCodec"]
 
+
+def _qualified(cls: type[Any]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 # Extension codes. Never renumber: they are stored on disk.
 _TUPLE = 1
 _BIGINT = 2
@@ -42,6 +51,17 @@ _TIMEDELTA = 8
 _DECIMAL = 9
 _UUID = 10
 _REGISTERED = 11
+_DEQUE = 12
+_COUNTER = 13
+_ORDERED_DICT = 14
+_DEFAULT_DICT = 15
+_FRACTION = 16
+
+#: defaultdict factories every codec knows, by the name stored with the value.
+_BUILTIN_FACTORIES: dict[str, Callable[[], Any]] = {
+    factory.__name__: factory
+    for factory in (list, dict, set, frozenset, tuple, int, float, str, bytes, bool)
+}
 
 #: Extension records (tuples, sets, dates, registered types...) nest at most this deep.
 #: Encoding refuses deeper values with EncodeError, so everything written reads back;
@@ -105,7 +125,10 @@ class SafeCodec:
 
     Round-trips exactly: ``None, bool, int`` (any size), ``float`` (nan, inf),
     ``str, bytes, list, tuple, dict`` (any hashable keys), ``set, frozenset,
-    datetime, date, time, timedelta, Decimal, UUID``, nested freely. An aware
+    datetime, date, time, timedelta, Decimal, UUID``, ``collections.deque`` (with its
+    ``maxlen``), ``Counter``, ``OrderedDict``, ``defaultdict`` (its factory a builtin
+    type or one given to :meth:`register_factory`) and ``fractions.Fraction``, nested
+    freely. An aware
     datetime keeps its offset (or its named ``ZoneInfo`` zone; a ``ZoneInfo`` without a
     key, from ``ZoneInfo.from_file``, keeps its offset at that instant as a fixed zone,
     and a zone that has no offset is refused). Any other type, including
@@ -114,6 +137,10 @@ class SafeCodec:
 
         codec = SafeCodec()
         codec.register(Point, "geo.Point", lambda p: [p.x, p.y], lambda v: Point(*v))
+        codec.register_enum(Color)            # members stored by name
+        codec.register_dataclass(Reading)     # fields stored by name
+
+    NumPy arrays and scalars: :func:`statestore.codecs.numpy.register_numpy`.
     """
 
     name = "safe-msgpack"
@@ -125,6 +152,7 @@ class SafeCodec:
     def __init__(self) -> None:
         self._by_type: dict[type[Any], _Registration] = {}
         self._by_name: dict[str, _Registration] = {}
+        self._factories: dict[str, Callable[[], Any]] = dict(_BUILTIN_FACTORIES)
 
     def register(
         self,
@@ -146,6 +174,62 @@ class SafeCodec:
         registration = _Registration(name, cls, to_primitive, from_primitive)
         self._by_type[cls] = registration
         self._by_name[name] = registration
+
+    def alias(self, cls: type[Any], name: str) -> None:
+        """Encode ``cls`` as the type already registered under ``name`` is (for a family
+        of types one record describes, such as NumPy's scalars)."""
+        registration = self._by_name.get(name)
+        if registration is None:
+            raise ValueError(f"no type is registered under {name!r}")
+        self._by_type[cls] = registration
+
+    def register_enum(self, cls: type[enum.Enum], name: str | None = None) -> None:
+        """Teach the codec the members of an ``Enum`` class: stored by member name, under
+        ``name`` (default: the class's module and qualified name)."""
+        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+            raise TypeError(f"{cls!r} is not an Enum class")
+        self.register(cls, name or _qualified(cls), lambda m: m.name, lambda n: cls[n])
+
+    def register_dataclass(self, cls: type[Any], name: str | None = None) -> None:
+        """Teach the codec a dataclass: stored as its fields by name (each a value the
+        codec knows), rebuilt by its ``__init__`` (fields with ``init=False`` are set
+        after), under ``name`` (default: the class's module and qualified name)."""
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise TypeError(f"{cls!r} is not a dataclass")
+        fields = dataclasses.fields(cls)
+        given = [f.name for f in fields if f.init]
+        after = [f.name for f in fields if not f.init]
+
+        def to_primitive(value: Any) -> dict[str, Any]:
+            return {f.name: getattr(value, f.name) for f in fields}
+
+        def from_primitive(stored: Any) -> Any:
+            if not isinstance(stored, dict) or set(stored) != {f.name for f in fields}:
+                raise ValueError(f"stored {cls.__qualname__} has other fields")
+            made = cls(**{key: stored[key] for key in given})
+            for key in after:
+                object.__setattr__(made, key, stored[key])  # frozen ones too
+            return made
+
+        self.register(cls, name or _qualified(cls), to_primitive, from_primitive)
+
+    def register_factory(self, factory: Callable[[], Any], name: str) -> None:
+        """Teach the codec a ``defaultdict`` default factory (``list``, ``int``, ``set``
+        and the other builtin types are known already), stored by ``name``."""
+        if not isinstance(name, str) or not name:
+            raise TypeError("a registered factory needs a non-empty str name")
+        if self._factories.get(name, factory) is not factory:
+            raise ValueError(f"the name {name!r} is already registered for another factory")
+        self._factories[name] = factory
+
+    def _factory_name(self, factory: Any) -> str:
+        for name, known in self._factories.items():
+            if known is factory:
+                return name
+        raise EncodeError(
+            f"cannot encode a defaultdict whose default factory is {factory!r}; register "
+            "it with SafeCodec.register_factory(factory, name)"
+        )
 
     # -- encoding -------------------------------------------------------------------
 
@@ -228,12 +312,28 @@ class SafeCodec:
             return _DECIMAL, str(value).encode()
         if cls is uuid.UUID:
             return _UUID, value.bytes
+        if cls is collections.deque:
+            return _DEQUE, pack([value.maxlen, list(value)])
+        if cls is collections.Counter:
+            return _COUNTER, pack([[key, count] for key, count in value.items()])
+        if cls is collections.OrderedDict:
+            return _ORDERED_DICT, pack([[key, item] for key, item in value.items()])
+        if cls is collections.defaultdict:
+            pairs = [[key, item] for key, item in value.items()]
+            return _DEFAULT_DICT, pack([self._factory_name(value.default_factory), pairs])
+        if cls is fractions.Fraction:
+            return _FRACTION, pack([value.numerator, value.denominator])
         registration = self._by_type.get(cls)
         if registration is not None:
             return _REGISTERED, pack([registration.name, registration.to_primitive(value)])
+        how = "SafeCodec.register()"
+        if isinstance(value, enum.Enum):
+            how = "SafeCodec.register_enum()"
+        elif dataclasses.is_dataclass(value):
+            how = "SafeCodec.register_dataclass()"
         raise EncodeError(
-            f"cannot encode {cls.__module__}.{cls.__qualname__}; register it with "
-            "SafeCodec.register() or use another codec"
+            f"cannot encode {cls.__module__}.{cls.__qualname__}; register it with {how} "
+            "or use another codec"
         )
 
     # -- decoding -------------------------------------------------------------------
@@ -275,6 +375,36 @@ class SafeCodec:
             return Decimal(bytes(payload).decode())
         if code == _UUID:
             return uuid.UUID(bytes=bytes(payload))
+        if code in _MAPPING_CODES:
+            pairs = unpack(payload)
+            factory = None
+            if code == _DEFAULT_DICT:
+                name, pairs = pairs
+                factory = self._factories.get(name) if type(name) is str else None
+                if factory is None:
+                    raise ValueError(f"stored defaultdict has an unregistered factory {name!r}")
+            if (
+                type(pairs) is not list
+                or set(map(type, pairs)) - {list}
+                or set(map(len, pairs)) - {2}
+            ):
+                raise ValueError("stored mapping is not a list of pairs")
+            made = _MAPPING_CODES[code]() if factory is None else collections.defaultdict(factory)
+            for key, item in pairs:
+                made[key] = item
+            return made
+        if code == _DEQUE:
+            maxlen, items = unpack(payload)
+            if (maxlen is not None and (type(maxlen) is not int or maxlen < 0)) or type(
+                items
+            ) is not list:
+                raise ValueError("stored deque is not (maxlen, items)")
+            return collections.deque(items, maxlen)
+        if code == _FRACTION:
+            numerator, denominator = unpack(payload)
+            if type(numerator) is not int or type(denominator) is not int:
+                raise ValueError("stored fraction is not two ints")
+            return fractions.Fraction(numerator, denominator)
         if code == _REGISTERED:
             name, primitive = unpack(payload)
             registration = self._by_name.get(name)
@@ -393,6 +523,12 @@ _LEAF_EXTS: dict[type[Any], Callable[[Any], ormsgpack.Ext]] = {
     int: _bigint_ext,
 }
 _SEQUENCE_CODES: dict[type[Any], int] = {tuple: _TUPLE, set: _SET, frozenset: _FROZENSET}
+#: The dict types stored as lists of pairs, by extension code (defaultdict has its factory).
+_MAPPING_CODES: dict[int, Callable[[], Any]] = {
+    _COUNTER: collections.Counter,
+    _ORDERED_DICT: collections.OrderedDict,
+    _DEFAULT_DICT: dict,
+}
 
 
 def _datetime_value(payload: bytes) -> dt.datetime:
