@@ -77,7 +77,10 @@ def reference_states(config: StreamConfig, progress: Any = None) -> list[tuple[s
             progress(done)
     if progress is not None:
         progress(done)
-    return [(config.sensor_id(sensor), state) for sensor, state in enumerate(states)]
+    # A sensor joins the run with its first reading: one never read is not in it.
+    return [
+        (config.sensor_id(sensor), state) for sensor, state in enumerate(states) if state["count"]
+    ]
 
 
 def states_digest(states: Iterable[tuple[str, Any]]) -> str:

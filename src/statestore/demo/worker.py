@@ -6,17 +6,17 @@ environment variable ``STATESTORE_DEMO_URL`` (not on the command line, where oth
 users of the machine could read a password in it).
 
 It starts the run through the engine (resuming from the latest savepoint when the run
-exists, else initializing it), replays the stream from the timestamp it continues from,
-acknowledges the watermark to every entity once per minute of event time so savepoints
-complete, and acknowledges the stream's end so the last savepoint holds the final
-state of every sensor. It talks to the parent (:mod:`statestore.demo.job`) in JSON
+exists, else initializing it with no sensor: each joins with its first reading),
+replays the stream from the timestamp it continues from, calls the store's watermark
+once per minute of event time so savepoints complete, and acknowledges the stream's end
+so the last savepoint holds the final state of every sensor. It talks to the parent (:mod:`statestore.demo.job`) in JSON
 lines on stdout, flushed as written:
 
 * ``ready``: resumed or not, the timestamp it continues from, the stream position, how
   long the start took;
 * ``progress``: the stream position (readings done);
-* ``savepoint``: savepoints the last acknowledgement round persisted, their sizes, and
-  how long persisting took;
+* ``savepoint``: savepoints the last watermark call persisted, their sizes, and how
+  long it took;
 * ``crash-point``: the position given by ``--crash-at`` is reached; the parent kills
   this process with SIGKILL now, while it carries on working (in the middle of
   whatever it does next), so the kill lands at an unplanned moment;
@@ -78,21 +78,20 @@ class _Job:
         self.store = StateStore(
             args.run_id, MINUTE_MS, storage=self.storage, keep_savepoints=KEEP_SAVEPOINTS
         )
-        self.entities: list[Entity] = []
+        self.entities: dict[str, Entity] = {}
         self.last_persisted = -1
         self.position = 0
 
     def start(self) -> int:
-        """Resume or initialize the run; returns the timestamp to replay from."""
+        """Resume or initialize the run; returns the timestamp to replay from.
+
+        A new run starts with no entity: each sensor joins when its first reading
+        comes (``add_entity``), as a fleet whose keys are not known up front.
+        """
         began = time.perf_counter()
-        defs = [
-            (self.config.sensor_id(sensor), initial_state(sensor))
-            for sensor in range(self.config.sensors)
-        ]
-        resumed, timestamp, entities = self.store.start(self.config.start, defs)
+        resumed, timestamp, entities = self.store.start(self.config.start, [])
         start_ms = (time.perf_counter() - began) * 1000
-        by_id = {entity.id: entity for entity in entities}
-        self.entities = [by_id[entity_id] for entity_id, _ in defs]
+        self.entities = {entity.id: entity for entity in entities}
         if resumed:
             self.last_persisted = timestamp
         since = timestamp
@@ -109,26 +108,35 @@ class _Job:
         return since
 
     def run(self, since: int) -> None:
-        """Replay the stream from ``since`` to its end, then acknowledge the end."""
-        # The first savepoint the entities must fill (they were all loaded at one time).
-        due = min(e.next_savepoint for e in self.entities if e.next_savepoint is not None)
+        """Replay the stream from ``since`` to its end, then acknowledge the end.
+
+        For each reading: the watermark first (every reading before it is processed,
+        which persists each savepoint it completes), then the sensor joins if it is new
+        (a replayed addition returns the restored entity), then the reading is applied.
+        """
+        due = next_savepoint(MINUTE_MS, since)
         report_every = max(1, self.config.events // 200)
-        entities = self.entities
+        entities, store = self.entities, self.store
         for reading in self.config.readings(since):
             self._crash_point()
             if reading.timestamp >= due:
-                # Every reading before this one is processed: the watermark is here.
                 self._acknowledge(reading.timestamp)
                 due = next_savepoint(MINUTE_MS, reading.timestamp)
-            entity = entities[reading.sensor]
+            entity_id = self.config.sensor_id(reading.sensor)
+            entity = entities.get(entity_id)
+            if entity is None:
+                initial = initial_state(reading.sensor)
+                entity = entities[entity_id] = store.add_entity(
+                    entity_id, reading.timestamp, initial
+                )
             apply(entity.state, reading)
-            entities[reading.sensor] = entity.update_state(reading.timestamp, entity.state)
+            entity.update_state(reading.timestamp, entity.state)
             self.position += 1
             if self.position % report_every == 0:
                 self.channel.send("progress", position=self.position)
         self._crash_point()
         self._acknowledge(self.config.end)
-        digest = states_digest((entity.id, entity.state) for entity in entities)
+        digest = states_digest((entity.id, entity.state) for entity in entities.values())
         self.channel.send("done", position=self.position, digest=digest)
 
     def _crash_point(self) -> None:
@@ -137,18 +145,11 @@ class _Job:
             self.channel.send("crash-point", position=self.position)
 
     def _acknowledge(self, watermark: int) -> None:
-        """Tell every entity that inputs before ``watermark`` are processed.
-
-        The last entity's acknowledgement completes the savepoint(s) and persists them
-        before it returns: its duration is the save latency reported.
-        """
-        entities = self.entities
-        last = len(entities) - 1
+        """The watermark: every reading before ``watermark`` is processed, for every
+        sensor. It persists the savepoint(s) it completes before it returns: its
+        duration is the save latency reported."""
         began = time.perf_counter()
-        for index in range(last):
-            entities[index] = entities[index].ack_processed_time(watermark)
-        completing = time.perf_counter()
-        entities[last] = entities[last].ack_processed_time(watermark)
+        self.store.ack_processed_time(watermark)
         done = time.perf_counter()
         new = [
             row
@@ -161,7 +162,7 @@ class _Job:
             "savepoint",
             timestamps=[row.timestamp for row in new],
             sizes=[row.size for row in new],
-            persist_ms=(done - completing) * 1000,
+            persist_ms=(done - began) * 1000,
             round_ms=(done - began) * 1000,
         )
 
