@@ -34,4 +34,3 @@ class TestFilesThroughAsync(ThroughAsyncAPI, test_files.TestFiles):
 
 class TestPostgresThroughAsync(ThroughAsyncAPI, test_postgres.TestPostgres):
     pass
-

@@ -9,8 +9,8 @@ It starts the run through the engine (resuming from the latest savepoint when th
 exists, else initializing it with no sensor: each joins with its first reading),
 replays the stream from the timestamp it continues from, calls the store's watermark
 once per minute of event time so savepoints complete, and acknowledges the stream's end
-so the last savepoint holds the final state of every sensor. It talks to the parent (:mod:`statestore.demo.job`) in JSON
-lines on stdout, flushed as written:
+so the last savepoint holds the final state of every sensor. It talks to the parent
+(:mod:`statestore.demo.job`) in JSON lines on stdout, flushed as written:
 
 * ``ready``: resumed or not, the timestamp it continues from, the stream position, how
   long the start took;
