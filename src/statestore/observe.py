@@ -302,8 +302,8 @@ def _observed(operation: str, method: Callable[..., Any]) -> Callable[..., Any]:
             _current.reset(token)
             telemetry.duration.record(elapsed, attrs)
             _succeeded(telemetry, operation, op, span, elapsed=elapsed, attrs=attrs)
-            if op.record is not None and isinstance(run_id, str):  # what the save wrote
-                _record_save(telemetry, self, run_id, op.record, span=span, attrs=attrs)
+            if op.record is not None:  # what the save wrote
+                _record_save(telemetry, op.record, span=span, attrs=attrs)
             return result
 
     observed.__statestore_observed__ = True  # type: ignore[attr-defined]
@@ -341,15 +341,7 @@ def _succeeded(
         telemetry.save_duration.record(elapsed, attrs)
 
 
-def _record_save(
-    telemetry: _Telemetry,
-    storage: Any,
-    run_id: str,
-    record: Any,
-    *,
-    span: Any,
-    attrs: dict[str, str],
-) -> None:
+def _record_save(telemetry: _Telemetry, record: Any, *, span: Any, attrs: dict[str, str]) -> None:
     """What the committed ``record`` of a save says: sizes, entities, states reused."""
     facts = {
         "statestore.savepoint.size": record.size,
@@ -363,27 +355,10 @@ def _record_save(
     telemetry.states_reused.add(reused, attrs)
     facts["statestore.savepoint.states.written"] = written
     facts["statestore.savepoint.states.reused"] = reused
-    if telemetry.recording(span):
-        # The full size needs the sizes of the earlier packs an incremental savepoint
-        # refers to: one manifest read, only when someone listens.
-        described = _describe(storage, run_id, record.timestamp)
-        if described is not None:
-            full = described.manifest_size + sum(described.packs.values())
-            telemetry.full_size.record(full, attrs)
-            facts["statestore.savepoint.full_size"] = full
+    # The full size: the record knows the sizes of the earlier packs it refers to.
+    telemetry.full_size.record(record.full_size, attrs)
+    facts["statestore.savepoint.full_size"] = record.full_size
     span.set_attributes(facts)
-
-
-def _describe(storage: Any, run_id: str, timestamp: int) -> Any:
-    """The savepoint's layout, read without a span of its own; None if it is gone already."""
-    describe = getattr(type(storage).describe_savepoint, "__wrapped__", None)
-    token = _current.set(None)
-    try:
-        return describe(storage, run_id, timestamp) if describe else None
-    except errors.StateStoreError:
-        return None  # pruned or replaced by another writer meanwhile: no figure
-    finally:
-        _current.reset(token)
 
 
 def watch_primitives(cls: type) -> None:

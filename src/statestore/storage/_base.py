@@ -411,26 +411,21 @@ class Storage(ABC):
         total = sum(map(len, encoded))
         layout.check_savepoint_size(run_id, timestamp, total, self.max_savepoint_bytes)
         base = self._reuse_base(run_id)
-        record, after = layout.build_record(
+        built = layout.build_record(
             run_id, timestamp, self.codec, ids, encoded,
             base=base, state_version=state_version, keep_versions=keep_versions,
         )  # fmt: skip
-        try:
-            with self._boundary(run_id, timestamp):
-                try:
-                    self._commit(run_id, record, writer_token)
-                except MissingBlobsError:
-                    if keep_versions:  # its unchanged states were in the base's packs
-                        raise self._base_gone(run_id) from None
-                    # The base savepoint was pruned under us: save every state anew.
-                    record, after = layout.build_record(
-                        run_id, timestamp, self.codec, ids, encoded, state_version=state_version
-                    )
-                    self._commit(run_id, record, writer_token)
-        except BaseException:
-            self._forget_base(run_id)
-            raise
-        self._remember_base(run_id, after)
+
+        def anew() -> tuple[SavepointRecord, ReuseBase]:
+            # The base savepoint was pruned under us: save every state anew.
+            return layout.build_record(
+                run_id, timestamp, self.codec, ids, encoded, state_version=state_version
+            )
+
+        # A change set's unchanged states were in the base's packs: they cannot be anew.
+        self._commit_built(
+            run_id, timestamp, built, writer_token, anew=None if keep_versions else anew
+        )
 
     def _save_changes(
         self,
@@ -466,6 +461,23 @@ class Storage(ABC):
                 removed=removed, writer_token=writer_token, state_version=state_version,
             )  # fmt: skip
             return
+        self._commit_built(run_id, timestamp, built, writer_token, anew=None)
+
+    def _commit_built(
+        self,
+        run_id: str,
+        timestamp: int,
+        built: tuple[SavepointRecord, ReuseBase],
+        writer_token: int | None,
+        *,
+        anew: Callable[[], tuple[SavepointRecord, ReuseBase]] | None,
+    ) -> None:
+        """Commit a laid-out savepoint and remember it as the run's base.
+
+        The limit is checked on what a reader checks (the packs' decoded bodies), so
+        nothing is written that cannot be read back. When the base's blobs are gone,
+        ``anew`` lays the savepoint out without them; without it, NoSavepointError.
+        """
         record, after = built
         total = sum(after.manifest.pack_raw[pack] for pack in after.manifest.live_packs())
         layout.check_savepoint_size(run_id, timestamp, total, self.max_savepoint_bytes)
@@ -474,7 +486,10 @@ class Storage(ABC):
                 try:
                     self._commit(run_id, record, writer_token)
                 except MissingBlobsError:
-                    raise self._base_gone(run_id) from None
+                    if anew is None:
+                        raise self._base_gone(run_id) from None
+                    record, after = anew()
+                    self._commit(run_id, record, writer_token)
         except BaseException:
             self._forget_base(run_id)
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import struct
@@ -97,6 +98,9 @@ class SavepointRecord:
     entity_count: int
     #: States this savepoint wrote anew; the others point at earlier savepoints' packs.
     states_written: int = 0
+    #: Bytes the savepoint refers to: its manifest and the stored packs its states are
+    #: in, earlier savepoints' included (what describe_savepoint reports).
+    full_size: int = 0
 
     @property
     def size(self) -> int:
@@ -138,6 +142,13 @@ class Manifest:
     table_crcs: list[int]
     #: Entity rows the chain's deltas hold in all (what a load applies after the full table).
     delta_rows: int
+
+    @functools.cached_property
+    def in_order(self) -> bool:
+        """Whether entity ``i``'s state is element ``i`` of its pack's array: so it is
+        after a full save, and a load and its checks take the fast path (computed once:
+        both ask)."""
+        return self.indexes == list(range(len(self.ids)))
 
     def live_packs(self) -> list[int]:
         """The packs some entity's state is in, ascending: the only ones a load reads."""

@@ -275,11 +275,7 @@ def decode_states(
             ]
         bodies = _pack_bodies(run_id, manifest, packs)
         decoded = {k: _decode_pack(run_id, manifest, k, body, codec) for k, body in bodies.items()}
-        if (
-            len(decoded) == 1
-            and manifest.pack_index
-            and manifest.indexes == list(range(len(manifest.ids)))
-        ):
+        if len(decoded) == 1 and manifest.pack_index and manifest.in_order:
             states = next(iter(decoded.values()))  # one pack, in save order: the common case
             if len(states) != len(manifest.ids):
                 states = states[: len(manifest.ids)]

@@ -71,7 +71,16 @@ class Packs:
         return (self.names, self.sizes, self.crcs, self.raw, self.counts, self.flags, self.versions)
 
     def take(self, keep: Sequence[int]) -> Packs:
+        """Copies of the lists holding only the packs ``keep`` names, in that order."""
         return Packs(*([column[k] for k in keep] for column in self.lists()))
+
+    @classmethod
+    def of(cls, m: Manifest) -> Packs:
+        """The manifest's per-pack lists (the same list objects: copy before changing)."""
+        return cls(
+            m.packs, m.pack_sizes, m.pack_crcs, m.pack_raw, m.pack_counts, m.pack_flags,
+            m.pack_versions,
+        )  # fmt: skip
 
 
 @dataclass
@@ -167,10 +176,7 @@ def apply(
         delta_rows = 0
     else:
         rows = Rows(base.ids, base.pack_index[:], base.indexes[:], base.offsets[:], base.lengths[:])
-        packs = Packs(
-            base.packs[:], base.pack_sizes[:], base.pack_crcs[:], base.pack_raw[:],
-            base.pack_counts[:], base.pack_flags[:], base.pack_versions[:],
-        )  # fmt: skip
+        packs = Packs(*(column[:] for column in Packs.of(base).lists()))
         tables, sizes, crcs = base.tables[:], base.table_sizes[:], base.table_crcs[:]
         delta_rows = base.delta_rows + delta.size
     for mine, added in zip(packs.lists(), delta.packs.lists(), strict=True):
@@ -345,7 +351,7 @@ def check(m: Manifest) -> str | None:
     if max(m.lengths) > MAX_STATE_BYTES:
         return "has a bad length column"
     ends = list(map(operator.add, m.offsets, m.lengths))
-    if len(packs) == 1 and m.indexes == list(range(len(ids))):
+    if len(packs) == 1 and m.in_order:
         # The commonest case, a first or full save: pack 0 holds the states in order.
         if len(ids) > m.pack_counts[0]:
             return "has a bad index column"

@@ -233,13 +233,15 @@ def _record(
     )
     used = manifest.live_packs() if live is None else [p for p, size in enumerate(live) if size]
     refs = (*manifest.tables, *(manifest.packs[p] for p in used))
+    head = seal_manifest(encode_head(manifest))
     record = SavepointRecord(
         timestamp=timestamp,
-        manifest=seal_manifest(encode_head(manifest)),
+        manifest=head,
         blobs={**new.blobs, name: table},
         refs=refs,
         entity_count=len(manifest.ids),
         states_written=len(new.rows.pack),
+        full_size=len(head) + sum(manifest.pack_sizes[p] for p in used),
     )
     return record, manifest
 
@@ -263,7 +265,7 @@ def _full_delta(
     kept = sorted({base.pack_index[row] for row in rows if row >= 0})
     renumber = dict(zip(kept, range(len(kept)), strict=True))
     new = _pack_states(timestamp, fresh_states, len(kept), wrapped=wrapped, version=version)
-    packs = Packs(*([column[k] for k in kept] for column in _manifest_packs(base).lists()))
+    packs = Packs.of(base).take(kept)
     for mine, added in zip(packs.lists(), new.packs.lists(), strict=True):
         mine.extend(added)
     fresh = iter(zip(*new.rows.columns(), strict=True))
@@ -275,12 +277,6 @@ def _full_delta(
         for row in rows
     ]
     return Delta(True, packs, added=Rows(list(ids), *_columns(columns))), new
-
-
-def _manifest_packs(m: Manifest) -> Packs:
-    return Packs(
-        m.packs, m.pack_sizes, m.pack_crcs, m.pack_raw, m.pack_counts, m.pack_flags, m.pack_versions
-    )
 
 
 _ONES = itertools.repeat(1)
@@ -489,8 +485,7 @@ def build_changes(
     wrapped = not getattr(codec, "msgpack_native", False)
     fresh = [encoded[at] for at in moved_at + added_at]
     new = _pack_states(timestamp, fresh, len(m.packs), wrapped=wrapped, version=state_version)
-    live: list[int] | None = base.live + [0] * len(new.packs.names)
-    assert live is not None
+    live = base.live + [0] * len(new.packs.names)
     for row in moved + removed:
         live[m.pack_index[row]] -= m.lengths[row]
     for pack, length in zip(new.rows.pack, new.rows.length, strict=True):
@@ -517,9 +512,10 @@ def build_changes(
             timestamp, codec, whole.ids, rows, [], base=whole, version=state_version
         )
         record, manifest = _record(timestamp, codec, None, full, new)
-        live = None  # the full table numbers its packs anew
+        kept_live = None  # the full table numbers its packs anew: counted when needed
     else:
         record, manifest = _record(timestamp, codec, m, delta, new, live=live)
+        kept_live = live
     new_hashes = b_hashes[:]
     for row, at in zip(moved, moved_at, strict=True):
         new_hashes[row] = hashes[at]
@@ -534,4 +530,4 @@ def build_changes(
     else:
         new_position = position.copy()
         new_position.update(zip(manifest.ids[len(m.ids) :], range(len(m.ids), count), strict=True))
-    return record, ReuseBase(manifest, new_position, new_hashes, live)
+    return record, ReuseBase(manifest, new_position, new_hashes, kept_live)
