@@ -16,6 +16,7 @@ Also usable by hand::
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import secrets
@@ -27,7 +28,9 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import ClassVar
 
 __all__ = ["BUCKET", "S3Server", "ServerUnavailableError", "find_weed", "reap_abandoned"]
 
@@ -231,3 +234,48 @@ if __name__ == "__main__":
         input("SeaweedFS is running; press Enter to stop it. ")
     finally:
         server.stop()
+
+
+class ForwardingProxy(BaseHTTPRequestHandler):
+    """A proxy in front of the test server, for tests that watch or break the traffic.
+
+    Each request goes to ``upstream`` as the client signed it (the Host header too: SigV4
+    covers it) and its answer comes back whole, unless :meth:`passes` says to drop it.
+    """
+
+    upstream: ClassVar[tuple[str, int]] = ("127.0.0.1", 0)
+
+    def passes(self, status: int) -> bool:
+        """Look at one exchange (``self.command``, ``self.path``, ``self.headers`` and the
+        server's status); False: the server applied it, but the client hears nothing."""
+        return True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet: the test's output is its assertions
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
+        upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        for name, value in self.headers.items():
+            upstream.putheader(name, value)
+        upstream.endheaders(body)
+        answer = upstream.getresponse()
+        data = answer.read()
+        upstream.close()
+        if not self.passes(answer.status):
+            self.close_connection = True
+            return
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = _forward  # noqa: N815 - http.server's naming
+    do_PUT = _forward  # noqa: N815
+    do_POST = _forward  # noqa: N815
+    do_DELETE = _forward  # noqa: N815
+    do_HEAD = _forward  # noqa: N815

@@ -7,7 +7,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
@@ -15,10 +15,9 @@ import pytest
 if importlib.util.find_spec("obstore") is None and os.environ.get("STATESTORE_REQUIRE_S3") != "1":
     pytest.skip("obstore is not installed: pip install -e '.[s3]'", allow_module_level=True)
 
-import http.client
 
 import obstore
-from s3_server import S3Server
+from s3_server import ForwardingProxy, S3Server
 
 import statestore
 from statestore.errors import StaleWriterError
@@ -199,39 +198,15 @@ def test_a_damaged_head_is_a_clear_error(s3_store_url: str) -> None:
 # ------------------------------------------------------------------ requests per operation
 
 
-class _CountingProxy(BaseHTTPRequestHandler):
+class _CountingProxy(ForwardingProxy):
     """Forwards requests to the S3 server and counts them by method."""
 
-    upstream: ClassVar[tuple[str, int]] = ("127.0.0.1", 0)
     counts: ClassVar[Counter[str]] = Counter()
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # quiet: the test's output is its assertions
-
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        upstream = http.client.HTTPConnection(*self.upstream, timeout=30)
-        upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-        for name, value in self.headers.items():
-            upstream.putheader(name, value)
-        upstream.endheaders(body)
-        answer = upstream.getresponse()
-        data = answer.read()
-        upstream.close()
+    def passes(self, status: int) -> bool:
         listing = self.command == "GET" and "list-type" in self.path
         self.counts["LIST" if listing else self.command] += 1
-        self.send_response(answer.status)
-        for name, value in answer.getheaders():
-            if name.lower() not in ("transfer-encoding", "content-length", "connection"):
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = _forward  # noqa: N815 - http.server's naming
-    do_PUT = _forward  # noqa: N815
-    do_POST = _forward  # noqa: N815
-    do_DELETE = _forward  # noqa: N815
+        return True
 
 
 @pytest.fixture
