@@ -11,7 +11,8 @@ encoding, checksums, the savepoint layout, incremental saves, retention, errors.
         savepoints/<ts:020d>       one savepoint: a header line, the manifest, its refs
         blobs/<name>               immutable blobs (the packs of states)
       <sha256 of run id>.lock      flock'ed around every read and write of the run
-      <sha256 of run id>.token     the run's writer token; outlives the run on purpose
+      <sha256 of run id>.token     the run's writer token and when it was taken (epoch
+                                   ms); outlives the run on purpose
       tmp/                         runs being created, runs being dropped
 
 Every file is written to a temporary name, fsynced, renamed over its final name, and
@@ -40,6 +41,8 @@ from statestore.storage import (
     SavepointParts,
     SavepointRecord,
     Storage,
+    WriterToken,
+    epoch_ms,
 )
 from statestore.storage.durable import fsync_directory, write_file_atomically
 
@@ -131,13 +134,24 @@ class DirStorage(Storage):
             if not os.path.isdir(run_dir):
                 raise self._not_initialized(run_id)
             token = self._current_token(run_id) + 1
-            _write_durably(run_dir + ".token", str(token).encode())
+            _write_durably(run_dir + ".token", f"{token} {epoch_ms()}".encode())
             return token
+
+    def _read_writer_token(self, run_id: str) -> WriterToken | None:
+        with self._locked(run_id, shared=True) as run_dir:
+            if not os.path.isdir(run_dir):
+                return None
+            try:
+                with open(run_dir + ".token", "rb") as file:
+                    fields = file.read().split()
+            except FileNotFoundError:
+                return None
+            return WriterToken(int(fields[0]), int(fields[1]) if len(fields) > 1 else None)
 
     def _current_token(self, run_id: str) -> int:
         try:
             with open(self._run_dir(run_id) + ".token", "rb") as file:
-                return int(file.read())
+                return int(file.read().split()[0])  # "<token> <taken at, epoch ms>"
         except FileNotFoundError:
             return 0
 

@@ -28,7 +28,8 @@ from cli_support import (
 
 import statestore
 from statestore.cli._parser import build_parser
-from statestore.cli.output import format_date, format_size, to_json
+from statestore.cli.output import describe_writer, format_age, format_date, format_size, to_json
+from statestore.storage import WriterToken
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
@@ -349,6 +350,50 @@ def test_dates_and_sizes_for_people() -> None:
     assert [format_size(n) for n in (0, 1023, 1024, 1536, 5 * 2**20, None)] == [
         "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "?",
     ]  # fmt: skip
+
+
+def test_ages_and_writers_for_people() -> None:
+    second, minute, hour, day = 1000, 60_000, 3_600_000, 86_400_000
+    assert [format_age(ms) for ms in (0, 59_999, minute, hour - 1, hour, 2 * day - 1)] == [
+        "0 s", "59 s", "1 min", "59 min", "1 h 0 min", "1 day 23 h",
+    ]  # fmt: skip
+    assert format_age(1000 * day + 5 * hour + 7 * second) == "1,000 days 5 h"
+    now = 1_714_564_800_123
+    assert describe_writer(None, now) == "no writer has taken the run yet"
+    assert describe_writer(WriterToken(3, None), now) == (
+        "token 3, taken at a time not recorded (by an older statestore)"
+    )
+    assert describe_writer(WriterToken(4, now - 3 * hour - 5 * minute), now) == (
+        "token 4, taken 2024-05-01 08:55:00.123 UTC, 3 h 5 min ago"
+    )
+    assert describe_writer(WriterToken(5, now + 90 * second), now) == (
+        "token 5, taken 2024-05-01 12:01:30.123 UTC, 1 min ahead of this machine's clock"
+    )
+    assert describe_writer(WriterToken(6, 2**63 - 1), now) == (
+        f"token 6, taken at a time out of range ({2**63 - 1})"
+    )
+
+
+def test_stats_of_a_run_names_its_writer(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'writer.db'}"
+    with statestore.open_storage(url) as storage:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 60_000, [("a", 1)])
+        assert (
+            "writer: no writer has taken the run yet"
+            in run_cli("stats", "run", "--url", url).stdout
+        )
+        token = storage.acquire_writer("run")
+        taken = storage.current_writer("run")
+    assert taken is not None
+    assert taken.taken_at is not None
+    text = run_cli("stats", "run", "--url", url).stdout
+    assert re.search(
+        rf"writer: token {token}, taken {re.escape(format_date(taken.taken_at))} UTC, \d+ s ago",
+        text,
+    ), text
+    data = json.loads(run_cli("stats", "run", "--url", url, "--json").stdout)
+    assert data["writer"] == {"token": token, "taken_at": taken.taken_at}
 
 
 def test_show_prints_the_state_versions(tmp_path: Path) -> None:

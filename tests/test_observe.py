@@ -180,6 +180,7 @@ def test_every_operation_gets_a_span_with_its_duration(
     storage.get_savepoint(RUN, 60_000)
     storage.read_encoded_savepoint(RUN, 60_000)
     storage.acquire_writer(RUN)
+    storage.current_writer(RUN)
     storage.compact()
     storage.delete_run(RUN)
     names = [s.attributes["db.operation.name"] for s in telemetry.spans() if s.attributes]
@@ -188,7 +189,7 @@ def test_every_operation_gets_a_span_with_its_duration(
     assert names == [
         "init_storage", "save_savepoint", "is_initialized", "list_runs", "list_savepoints",
         "get_latest_savepoint_timestamp", "get_savepoint", "read_encoded_savepoint",
-        "acquire_writer", "compact", "delete_run",
+        "acquire_writer", "current_writer", "compact", "delete_run",
     ]  # fmt: skip
     durations = {
         p.attributes["db.operation.name"]: p.count

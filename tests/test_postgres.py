@@ -36,7 +36,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from statestore import open_storage
 from statestore.errors import BackendError, ConfigError, StaleWriterError
-from statestore.storage import Storage
+from statestore.storage import Storage, WriterToken
 from statestore.storage._postgres import PostgresStorage
 from statestore.storage._postgres._options import settings_from_url
 from statestore.storage._postgres._schema import CHUNK_BYTES, LATEST_VERSION, MIGRATIONS, Tables
@@ -364,6 +364,41 @@ def test_migrations_are_recorded_once(postgres_store_url: str) -> None:
         assert _versions(storage) == [m.version for m in MIGRATIONS]
     with _open(postgres_store_url) as again:  # reopening applies nothing twice
         assert _versions(again) == list(range(1, LATEST_VERSION + 1))
+
+
+def test_a_schema_1_store_is_upgraded_and_its_old_tokens_have_no_time(
+    postgres_store_url: str,
+) -> None:
+    with _open(postgres_store_url) as storage:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, [("a", 1)])
+        storage.acquire_writer("run")
+    t = Tables(storage.schema)
+    with _admin(storage) as conn:  # back to schema 1: as the last release left it
+        conn.execute(t.sql("DROP TABLE {writer_taken}"))
+        conn.execute(t.sql("DELETE FROM {migrations} WHERE version = 2"))
+    with _open(postgres_store_url) as storage:
+        assert _versions(storage) == [1, 2]
+        old = storage.current_writer("run")
+        assert old is not None
+        assert old.taken_at is None  # taken before times were kept
+        new = storage.acquire_writer("run")
+        taken = storage.current_writer("run")
+        assert taken is not None
+        assert taken.token == new
+        assert taken.taken_at is not None
+        with _admin(storage) as conn:  # a process of the older statestore takes it
+            conn.execute(
+                t.sql("UPDATE {runs} SET writer_token = nextval(%s::regclass)"),
+                [t.writer_tokens_name],
+            )
+        assert storage.current_writer("run") == WriterToken(new + 1, None)
+        with _admin(storage) as conn:  # an edited time that is no instant
+            conn.execute(
+                t.sql("UPDATE {writer_taken} SET token = token + 1, taken_at = 'infinity'")
+            )
+        assert storage.current_writer("run") == WriterToken(new + 1, None)
+        assert storage.get_latest_savepoint("run") == (1, [("a", 1)])
 
 
 def test_a_schema_newer_than_the_code_is_refused(postgres_store_url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 from collections import Counter
@@ -195,6 +196,27 @@ def test_a_damaged_head_is_a_clear_error(s3_store_url: str) -> None:
             storage.list_savepoints("run")
 
 
+@pytest.mark.parametrize(
+    "taken_at", [pytest.param(None, id="older head"), "yesterday", -5, 2**64, True]
+)
+def test_a_head_without_a_usable_token_time_still_serves(s3_store_url: str, taken_at: Any) -> None:
+    """A head an older statestore wrote has no time; a crafted one's is dropped, not used."""
+    with _open(s3_store_url) as storage:
+        storage.init_storage("run")
+        token = storage.acquire_writer("run")
+        storage.save_savepoint("run", 1, payload(1), writer_token=token)
+        key = run_dir("run") + _head.HEAD
+        document = json.loads(bytes(obstore.get(storage._store, key).bytes()))
+        if taken_at is None:
+            del document["token_taken_at"]
+        else:
+            document["token_taken_at"] = taken_at
+        obstore.put(storage._store, key, json.dumps(document).encode())
+        assert storage.current_writer("run") == statestore.storage.WriterToken(token, None)
+        storage.save_savepoint("run", 2, payload(2), writer_token=token)  # the token holds
+        assert storage.get_latest_savepoint("run") == (2, payload(2))
+
+
 # ------------------------------------------------------------------ requests per operation
 
 
@@ -258,6 +280,7 @@ def test_requests_per_operation_are_what_docs_s3_md_says(counted_url: str) -> No
         assert _count(lambda: storage.get_latest_savepoint("run"), storage) == {"GET": 4}
         assert _count(lambda: storage.list_savepoints("run"), storage) == {"GET": 1}
         assert _count(lambda: storage.acquire_writer("run"), storage) == {"GET": 1, "PUT": 1}
+        assert _count(lambda: storage.current_writer("run"), storage) == {"GET": 1}
         # A prune: the head (to choose), the new head, one listing of the run and one
         # bulk delete.
         assert _count(lambda: storage.delete_old_savepoints("run", 1), storage) == {

@@ -6,6 +6,7 @@ import contextlib
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from typing import Any
 
 import apsw
 import pytest
+from fault_helpers import read_only_view
 
 from statestore.errors import BackendError, ConfigError, CorruptSavepointError, StaleWriterError
-from statestore.storage import Storage, open_storage
+from statestore.storage import Storage, WriterToken, epoch_ms, open_storage
 from statestore.storage._sqlite import APPLICATION_ID, SCHEMA_VERSION, SQLiteStorage
 from statestore.testing import FullDiskTests, StorageConformance
 from statestore.testing.hooks import MANIFEST, PACK_PREFIX
@@ -165,6 +167,60 @@ def test_newer_schema_is_refused(db_path: Path) -> None:
     assert str(db_path) in str(raised.value)
     with contextlib.closing(_raw(db_path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION + 1,)
+
+
+FORMAT_1_STORE = Path(__file__).parent / "fixtures" / "format_v1" / "store.db"
+
+
+def _older_statestore_takes_a_token(path: Path, token: int) -> None:
+    """What an older statestore (schema 1) does to take a token: runs.writer_token alone."""
+    with contextlib.closing(_raw(path)) as conn:
+        conn.execute("UPDATE runs SET writer_token = ? WHERE run_id = 'run-1'", (token,))
+        conn.execute("UPDATE counters SET value = ? WHERE name = 'writer_token'", (token,))
+
+
+def test_a_schema_1_store_is_upgraded_and_its_old_tokens_have_no_time(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    shutil.copy(FORMAT_1_STORE, path)
+    _older_statestore_takes_a_token(path, 4)
+    with SQLiteStorage(path) as storage:
+        assert _scalar_of(path, "PRAGMA user_version") == SCHEMA_VERSION == 2
+        assert storage.current_writer("run-1") == WriterToken(4, None)  # taken before times
+        assert storage.current_writer("empty-run") is None
+        before = epoch_ms()
+        assert storage.acquire_writer("run-1") == 5
+        taken = storage.current_writer("run-1")
+        assert taken is not None
+        assert taken.token == 5
+        assert taken.taken_at is not None
+        assert before <= taken.taken_at <= epoch_ms()
+        # A process of the older statestore, still running, takes the token: its token
+        # reads as untimed, never with the time of the token it replaced.
+        _older_statestore_takes_a_token(path, 9)
+        assert storage.current_writer("run-1") == WriterToken(9, None)
+        assert storage.get_latest_savepoint("run-1").timestamp == 180_000
+
+
+def test_a_read_only_schema_1_store_is_served_without_upgrading(tmp_path: Path) -> None:
+    source, view = tmp_path / "store", tmp_path / "view"
+    source.mkdir()
+    shutil.copy(FORMAT_1_STORE, source / "store.db")
+    _older_statestore_takes_a_token(source / "store.db", 3)
+    with read_only_view(source, view) as mounted:
+        if not mounted:
+            pytest.skip("bind mounts are not allowed here (needs root with CAP_SYS_ADMIN)")
+        with SQLiteStorage(view / "store.db") as storage:
+            assert storage.capabilities.read_only
+            assert storage.current_writer("run-1") == WriterToken(3, None)
+            assert storage.get_latest_savepoint("run-1").timestamp == 180_000
+    assert _scalar_of(source / "store.db", "PRAGMA user_version") == 1
+
+
+def _scalar_of(path: Path, query: str) -> object:
+    with contextlib.closing(_raw(path)) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def test_non_sqlite_file_is_refused_untouched(db_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import pytest
 from cli_support import BIG, RUNS, damage_pack, run_cli, snapshot
 from starlette.testclient import TestClient
@@ -23,6 +25,7 @@ from web_support import (
 )
 
 import statestore
+from statestore.cli.output import format_date
 from statestore.web import PAGE_SIZE, RUNS_SIZE, create_app
 
 LABEL = "sqlite:///web.db"
@@ -274,3 +277,32 @@ def test_the_timeline_shows_the_states_each_savepoint_wrote_and_reused(
     timeline = rows(get(client, "/run", run=DIFF_RUN), "timeline")
     assert "<td>2 / 1</td>" in timeline[0]
     assert "<td>3 / 0</td>" in timeline[1]
+
+
+def _writer_line(html: str) -> str:
+    match = re.search(r'<p id="writer">(.*?)</p>', html, re.S)
+    assert match, html
+    return match.group(1)
+
+
+def test_the_run_page_shows_the_writer_token_and_its_age(tmp_path: Path) -> None:
+    path = tmp_path / "writer.db"
+    with statestore.open_storage(f"sqlite:///{path}") as storage:
+        client = TestClient(create_app(storage, store=LABEL), base_url="http://localhost")
+        storage.init_storage("job")
+        assert "no writer has taken the run yet" in _writer_line(get(client, "/run", run="job"))
+        token = storage.acquire_writer("job")  # a job started: no savepoint yet
+        assert re.search(rf"token {token}, taken [-0-9 :.]+ UTC, \d+ s ago", _writer_line(
+            get(client, "/run", run="job")
+        ))  # fmt: skip
+        storage.save_savepoint("job", 60_000, [("a", 1)], writer_token=token)
+        # Three hours and five minutes ago: the age is counted from the stored time.
+        taken_at = statestore.storage.epoch_ms() - (3 * 3600 + 5 * 60 + 30) * 1000
+        with contextlib.closing(apsw.Connection(str(path))) as conn:
+            conn.execute("UPDATE writer_taken SET taken_at = ?", (taken_at,))
+        line = _writer_line(get(client, "/run", run="job"))
+        assert f"token {token}, taken {format_date(taken_at)} UTC, 3 h 5 min ago" in line
+        with contextlib.closing(apsw.Connection(str(path))) as conn:
+            conn.execute("DELETE FROM writer_taken")  # as an older statestore's token reads
+        line = _writer_line(get(client, "/run", run="job"))
+        assert f"token {token}, taken at a time not recorded" in line

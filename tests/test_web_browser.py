@@ -10,6 +10,7 @@ leaves the checkout as it was).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -168,6 +169,9 @@ def test_the_demo_run_its_latest_savepoint_and_latest_change(
     assert heading(browser) == f"Run {DEMO_RUN}"
     rows = browser.find_elements(By.CSS_SELECTOR, "#timeline tbody tr")
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg rect.bar")) == 2 * len(rows)
+    # The demo job took the run's writer token when it started, seconds ago.
+    writer = browser.find_element(By.ID, "writer").text
+    assert re.match(r"Writer: token \d+, taken [-0-9 :.]+ UTC, (\d+ s|1 min) ago\.", writer), writer
     screenshot(browser, shots, "run")
     rows[0].find_element(By.TAG_NAME, "a").click()
     assert heading(browser).startswith("Savepoint ")

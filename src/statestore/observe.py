@@ -82,6 +82,7 @@ OPERATIONS: Final = (
     "delete_run",
     "list_runs",
     "acquire_writer",
+    "current_writer",
     "compact",
 )
 #: The operations that persist a savepoint.

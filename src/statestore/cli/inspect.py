@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 
 from .. import ops
-from ..storage import SQLiteStorage, redact_url
+from ..storage import SQLiteStorage, epoch_ms, redact_url
 from ._common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CliError, Commands, open_store
 from .output import (
     ENTITY_SIZE_COLUMNS,
     Output,
+    describe_writer,
     entity_size_rows,
     format_date,
     format_size,
@@ -189,7 +190,8 @@ def stats(args: argparse.Namespace, out: Output) -> int:
             return _store_stats(args, out, summaries, library)
         run_stats = ops.run_stats(storage, args.run, top=args.top)
     if args.json:
-        out.json(dataclasses.asdict(run_stats))
+        writer = run_stats.writer
+        out.json({**dataclasses.asdict(run_stats), "writer": writer and writer._asdict()})
         return EXIT_OK
     latest = run_stats.savepoints[-1] if run_stats.savepoints else None
     out.line(
@@ -198,6 +200,7 @@ def stats(args: argparse.Namespace, out: Output) -> int:
         f"{run_stats.entity_count} entities, "
         f"{format_size(latest.state_bytes if latest else 0)} of states"
     )
+    out.line(f"writer: {describe_writer(run_stats.writer, epoch_ms())}")
     if not run_stats.savepoints:
         return EXIT_OK
     out.line()

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..ops import Progress as ProgressCallback
+from ..storage import WriterToken
 
 __all__ = [
     "MAP_TAG",
@@ -138,6 +139,36 @@ def format_date(timestamp: int | None) -> str:
     except OverflowError:
         return "-"  # beyond year 9999: the integer is all there is
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def format_age(milliseconds: int) -> str:
+    """A duration for people, to the unit that matters: ``42 s``, ``3 min``, ``2 h 5 min``,
+    ``3 days 4 h``."""
+    seconds = milliseconds // 1000
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if hours == 0:
+        return f"{minutes} min"
+    if days == 0:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days:,} day{'s' if days > 1 else ''} {hours % 24} h"
+
+
+def describe_writer(writer: WriterToken | None, now: int) -> str:
+    """The run's writer token and its age at ``now`` (epoch ms), as one phrase."""
+    if writer is None:
+        return "no writer has taken the run yet"
+    if writer.taken_at is None:
+        return f"token {writer.token}, taken at a time not recorded (by an older statestore)"
+    date = format_date(writer.taken_at)
+    if date == "-":  # a stored time past year 9999: not a clock's reading
+        return f"token {writer.token}, taken at a time out of range ({writer.taken_at})"
+    taken = f"token {writer.token}, taken {date} UTC"
+    age = now - writer.taken_at
+    if age < 0:  # another host's clock, or the server's, runs ahead of this one
+        return f"{taken}, {format_age(-age)} ahead of this machine's clock"
+    return f"{taken}, {format_age(age)} ago"
 
 
 def format_size(size: int | None) -> str:

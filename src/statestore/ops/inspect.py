@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import BackendError, CorruptSavepointError, NoSavepointError
-from ..storage import SavepointInfo, SavepointLayout, Storage, StoredSavepoint, validate
+from ..errors import BackendError, CorruptSavepointError, NoSavepointError, RunNotInitializedError
+from ..storage import (
+    SavepointInfo,
+    SavepointLayout,
+    Storage,
+    StoredSavepoint,
+    WriterToken,
+    validate,
+)
 from ._common import require_run, savepoint_data_size
 
 __all__ = [
@@ -68,13 +75,15 @@ class EntitySize:
 
 @dataclass(frozen=True)
 class RunStats:
-    """Sizes of one run: total, per savepoint, and its biggest entities (latest savepoint)."""
+    """Sizes of one run: total, per savepoint, and its biggest entities (latest savepoint);
+    and who writes it: its writer token and when that was taken."""
 
     run_id: str
     size: int
     savepoints: list[SavepointStats]
     biggest: list[EntitySize]
     entity_count: int
+    writer: WriterToken | None
 
 
 #: How often :func:`run_summary` and :func:`run_stats` list a run again when a prune
@@ -133,7 +142,7 @@ def run_stats(storage: Storage, run_id: str, *, top: int = 10) -> RunStats:
         rows = storage.list_savepoints(run_id)
         found = _describe_listed(storage, run_id, rows)
         if not rows or rows[-1].timestamp in found:
-            return _stats(run_id, rows, found, top)
+            return _stats(run_id, rows, found, top, _writer(storage, run_id))
     raise BackendError(
         f"run {run_id!r}: its newest savepoint was pruned before it could be read, "
         f"{STATS_ATTEMPTS} times in a row; try again"
@@ -153,8 +162,19 @@ def _describe_listed(
     return found
 
 
+def _writer(storage: Storage, run_id: str) -> WriterToken | None:
+    try:
+        return storage.current_writer(run_id)
+    except RunNotInitializedError:  # deleted since it was listed: nobody writes it
+        return None
+
+
 def _stats(
-    run_id: str, rows: list[SavepointInfo], found: dict[int, SavepointLayout], top: int
+    run_id: str,
+    rows: list[SavepointInfo],
+    found: dict[int, SavepointLayout],
+    top: int,
+    writer: WriterToken | None,
 ) -> RunStats:
     """The statistics of the listed savepoints still there (``found``: their layouts)."""
     present = [row for row in rows if row.timestamp in found]
@@ -182,11 +202,10 @@ def _stats(
         size += layout.manifest_size  # as savepoint_data_size counts: a shared pack once
         packs.update(layout.packs)
     if not present:
-        return RunStats(run_id, 0, [], [], 0)
+        return RunStats(run_id, 0, [], [], 0, writer)
     latest = found[present[-1].timestamp]
-    return RunStats(
-        run_id, size + sum(packs.values()), savepoints, _biggest(latest, top), len(latest.states)
-    )
+    total = size + sum(packs.values())
+    return RunStats(run_id, total, savepoints, _biggest(latest, top), len(latest.states), writer)
 
 
 def _biggest(layout: SavepointLayout, top: int) -> list[EntitySize]:

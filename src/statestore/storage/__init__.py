@@ -25,6 +25,8 @@ from ._base import (
     Storage,
     StoredSavepoint,
     StoredState,
+    WriterToken,
+    epoch_ms,
 )
 from ._files import FileStorage
 from ._functions import (
@@ -68,8 +70,10 @@ __all__ = [
     "Storage",
     "StoredSavepoint",
     "StoredState",
+    "WriterToken",
     "delete_old_savepoints",
     "delete_run",
+    "epoch_ms",
     "get_config",
     "get_latest_savepoint",
     "init_config",

@@ -6,10 +6,11 @@ it and implements only the storage primitives below, each a small, mostly atomic
 operation on named bytes; a new backend is a file of a few hundred lines, and the
 shared conformance suite (:mod:`statestore.testing`) checks it.
 
-A backend implements ``from_url`` and nine primitives, each documented below where it
+A backend implements ``from_url`` and ten primitives, each documented below where it
 is declared (the section "primitives" of :class:`Storage`): ``_create_run``,
-``_run_exists``, ``_list_run_ids``, ``_drop_run``, ``_take_writer_token``, ``_commit``,
-``_read_savepoint``, ``_list_savepoints`` and ``_delete_savepoints``; ``_close`` and ``_compact``
+``_run_exists``, ``_list_run_ids``, ``_drop_run``, ``_take_writer_token``,
+``_read_writer_token``, ``_commit``, ``_read_savepoint``, ``_list_savepoints`` and
+``_delete_savepoints``; ``_close`` and ``_compact``
 are optional. It stores named, immutable blobs and one manifest per savepoint, and
 never interprets either: what a savepoint refers to is ``record.refs``, kept beside
 the manifest to know which blobs are still needed. docs/backends.md shows a whole
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ __all__ = [
     "Storage",
     "StoredSavepoint",
     "StoredState",
+    "WriterToken",
+    "epoch_ms",
 ]
 
 _T = TypeVar("_T")
@@ -197,6 +201,24 @@ class SavepointLayout(NamedTuple):
         are reused from earlier savepoints' packs."""
         own = f"{self.timestamp:020d}-"
         return sum(1 for state in self.states if state.pack.startswith(own))
+
+
+class WriterToken(NamedTuple):
+    """A run's current writer token (:meth:`Storage.current_writer`) and when it was taken.
+
+    ``taken_at`` is epoch milliseconds by the clock of the process that took it (by the
+    database server's clock on PostgreSQL, the file's modification time in a file
+    store), or None when the store did not record it (a token taken by an older
+    statestore). Display only: nothing depends on it, so it carries no checksum.
+    """
+
+    token: int
+    taken_at: int | None
+
+
+def epoch_ms() -> int:
+    """Now, in integer milliseconds since the Unix epoch: the time a backend records."""
+    return time.time_ns() // 1_000_000
 
 
 class SavepointInfo(NamedTuple):
@@ -705,6 +727,20 @@ class Storage(ABC):
                 raise RunNotInitializedError(f"run {run_id!r} is not initialized")
             return self._take_writer_token(run_id)
 
+    def current_writer(self, run_id: str) -> WriterToken | None:
+        """The run's current writer token and when it was taken; None when no writer
+        has taken one yet. Raises RunNotInitializedError for a run without storage.
+
+        Shows who holds the run: a token taken long ago by a job that no longer saves
+        is a writer that died, one taken a minute ago a job that just (re)started.
+        """
+        run_id = validate.run_id(run_id)
+        with self._boundary(run_id):
+            found = self._read_writer_token(run_id)
+            if found is None and not self._run_exists(run_id):
+                raise RunNotInitializedError(f"run {run_id!r} is not initialized")
+            return found
+
     def compact(self) -> None:
         """Give space freed by deleted savepoints back to the operating system."""
         with self._boundary():
@@ -905,10 +941,19 @@ class Storage(ABC):
 
     @abstractmethod
     def _take_writer_token(self, run_id: str) -> int:
-        """Increment the run's writer token and return it, atomically and durably.
+        """Increment the run's writer token, record when, and return it, atomically and durably.
 
         Tokens only grow, across processes and hosts: two callers never get the same
         one. Raise ``self._not_initialized(run_id)`` for a run without storage.
+        """
+
+    @abstractmethod
+    def _read_writer_token(self, run_id: str) -> WriterToken | None:
+        """The run's current token and when ``_take_writer_token`` took it.
+
+        Record the time (:func:`epoch_ms`) in the same step as the token; None for a run
+        whose token was never taken (or a run without storage), ``taken_at`` None for a
+        token whose time was not recorded. A reading only: never raise for a damaged time.
         """
 
     @abstractmethod

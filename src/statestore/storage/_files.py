@@ -8,7 +8,7 @@ Layout of a store; every name in it is chosen here, none by a caller::
       .trash/                 runs being deleted: renamed here first, then removed
       <safe name>/            one run: a sanitized prefix of its id + a SHA-256 of it
         run-id                the exact run id, UTF-8 (what list_runs returns)
-        writer-token          the writer token, decimal
+        writer-token          the writer token, decimal; its mtime is when it was taken
         lock                  flock()ed: commits, deletes and drops of a run serialize
         packs/<name>          immutable blobs, never rewritten in place
         savepoints/<ts>.sp    one file per savepoint: manifest + refs, framed, checksummed
@@ -47,7 +47,14 @@ import msgpack
 
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError, CorruptSavepointError
-from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage, describe_error
+from ._base import (
+    MissingBlobsError,
+    SavepointInfo,
+    SavepointParts,
+    Storage,
+    WriterToken,
+    describe_error,
+)
 from .durable import TEMP_PREFIX, fsync_directory, versioned_crc, write_file_atomically
 from .layout import SavepointRecord
 from .url import split_store_url
@@ -171,6 +178,12 @@ def _read(path: str) -> bytes | None:
     hanging the open, and only a regular file is read: anything else raises
     NotARegularFileError, which each caller treats as damage.
     """
+    found = _read_with_stat(path)
+    return None if found is None else found[0]
+
+
+def _read_with_stat(path: str) -> tuple[bytes, os.stat_result] | None:
+    """As :func:`_read`, with the file's status (of the file read, not of a later one)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
@@ -181,9 +194,10 @@ def _read(path: str) -> bytes | None:
             raise NotARegularFileError(errno.ELOOP, "a symbolic link, not followed", path) from None
         raise
     with open(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise NotARegularFileError(errno.EINVAL, "not a regular file", path)
-        return file.read()
+        return file.read(), status
 
 
 def _is_real_dir(path: str) -> bool | None:
@@ -400,14 +414,19 @@ class FileStorage(Storage):
         return run_dir
 
     def _read_token(self, run_id: str, run_dir: str) -> int:
+        return self._read_token_file(run_id, run_dir)[0]
+
+    def _read_token_file(self, run_id: str, run_dir: str) -> tuple[int, int]:
+        """The token and the file's modification time (epoch ms): when it was taken, as
+        the file is written (atomically) only then."""
         try:
-            data = _read(os.path.join(run_dir, WRITER_FILE))
+            found = _read_with_stat(os.path.join(run_dir, WRITER_FILE))
         except NotARegularFileError:
-            data = None
-        text = (data or b"").strip()
-        if not text.isdigit():
+            found = None
+        text = found[0].strip() if found else b""
+        if found is None or not text.isdigit():
             raise BackendError(f"run {run_id!r}: the writer token file in {run_dir} is damaged")
-        return int(text)
+        return int(text), found[1].st_mtime_ns // 1_000_000
 
     @staticmethod
     def _timestamps(savepoints_dir: str) -> list[int]:
@@ -502,6 +521,13 @@ class FileStorage(Storage):
             token = self._read_token(run_id, run_dir) + 1
             write_file_atomically(run_dir, WRITER_FILE, f"{token}\n".encode())
             return token
+
+    def _read_writer_token(self, run_id: str) -> WriterToken | None:
+        with self._locked(run_id, exclusive=False) as run_dir:  # no drop moves it meanwhile
+            if run_dir is None:
+                return None
+            token, taken_at = self._read_token_file(run_id, run_dir)
+            return WriterToken(token, taken_at) if token else None
 
     def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         with self._locked(run_id) as run_dir:

@@ -14,7 +14,15 @@ from typing import Any
 
 from ..codecs import Codec
 from ..errors import ConfigError
-from ._base import Capabilities, MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from ._base import (
+    Capabilities,
+    MissingBlobsError,
+    SavepointInfo,
+    SavepointParts,
+    Storage,
+    WriterToken,
+    epoch_ms,
+)
 from .layout import SavepointRecord
 
 __all__ = ["MemoryStorage"]
@@ -30,6 +38,7 @@ class _Saved:
 @dataclass
 class _Run:
     token: int = 0
+    token_taken_at: int | None = None
     savepoints: dict[int, _Saved] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
 
@@ -96,7 +105,15 @@ class MemoryStorage(Storage):
                 raise self._not_initialized(run_id)
             self._store.last_token += 1
             run.token = self._store.last_token
+            run.token_taken_at = epoch_ms()
             return run.token
+
+    def _read_writer_token(self, run_id: str) -> WriterToken | None:
+        with self._store.lock:
+            run = self._store.runs.get(run_id)
+            if run is None or not run.token:
+                return None
+            return WriterToken(run.token, run.token_taken_at)
 
     def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         with self._store.lock:

@@ -1,8 +1,9 @@
 """``sqlite:///relative.db``, ``sqlite:////absolute.db``: the embedded default backend.
 
-One database file holds every run. Schema (version 1)::
+One database file holds every run. Schema (version 2)::
 
     runs            (id, run_id UNIQUE, writer_token)
+    writer_taken    (run -> runs, token, taken_at)          when the run's token was taken
     blobs           (run -> runs, name, data)               immutable packs
     savepoints      (run -> runs, ts, manifest, entity_count, size)
     savepoint_refs  (run, ts -> savepoints, name -> blobs)  what each savepoint points into
@@ -63,12 +64,26 @@ import apsw
 
 from ..codecs import Codec
 from ..errors import BackendError, ConfigError
-from ._base import MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from ._base import (
+    MissingBlobsError,
+    SavepointInfo,
+    SavepointParts,
+    Storage,
+    WriterToken,
+    epoch_ms,
+)
 from .durable import fsync_directory
 from .layout import SavepointRecord
 from .url import split_store_url, take_options
 
-__all__ = ["APPLICATION_ID", "MAX_TIMEOUT", "MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage"]
+__all__ = [
+    "APPLICATION_ID",
+    "MAX_TIMEOUT",
+    "MIGRATIONS",
+    "READABLE_SCHEMA_VERSION",
+    "SCHEMA_VERSION",
+    "SQLiteStorage",
+]
 
 #: ``PRAGMA application_id`` of a statestore file ("StSt"): tells our files from others.
 APPLICATION_ID = 0x53745374
@@ -112,8 +127,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "INSERT INTO counters (name, value) VALUES ('writer_token', 0)",
     ),
+    (
+        # When a token was taken, kept with the token it belongs to: a process of an
+        # older statestore that takes a token changes only runs.writer_token, and its
+        # token then reads as "time not recorded" rather than with its predecessor's time.
+        """CREATE TABLE writer_taken (
+            run INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+            token INTEGER NOT NULL,
+            taken_at INTEGER NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The oldest schema a read-only store is served from: version 2 only added
+#: writer_taken, which reads do without (a token's time then reads as not recorded).
+READABLE_SCHEMA_VERSION = 1
+#: The schema that added writer_taken.
+_TOKEN_TIMES_SCHEMA = 2
 
 DEFAULT_TIMEOUT = 30.0
 #: SQLite takes the busy timeout as a C int of milliseconds.
@@ -203,6 +233,7 @@ class SQLiteStorage(Storage):
         # shared-memory file can be created, so nobody can be writing the file either.
         self._read_only = False
         self._immutable = False
+        self._schema = SCHEMA_VERSION  # lower only when a read-only file is served as it is
         # (st_dev, st_ino) of the database file when this store first opened it.
         self._identity: tuple[int, int] | None = None
         _open_storages.add(self)
@@ -301,11 +332,12 @@ class SQLiteStorage(Storage):
             self._local = threading.local()
             self._immutable = True
             version = self._schema_version(self._connection())
-        if version < SCHEMA_VERSION:
+        if version < READABLE_SCHEMA_VERSION:
             raise ConfigError(
                 f"{self.path} is read-only and has schema version {version}; open it "
                 f"writable once so statestore can upgrade it to {SCHEMA_VERSION}"
             )
+        self._schema = version
 
     def _schema_version(self, conn: apsw.Connection) -> int:
         """The file's schema version; ConfigError for a file that is not ours to use."""
@@ -578,7 +610,25 @@ class SQLiteStorage(Storage):
             conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'writer_token'")
             token = _scalar(conn, "SELECT value FROM counters WHERE name = 'writer_token'")
             conn.execute("UPDATE runs SET writer_token = ? WHERE id = ?", (token, found[0]))
+            conn.execute(
+                "INSERT OR REPLACE INTO writer_taken (run, token, taken_at) VALUES (?, ?, ?)",
+                (found[0], token, epoch_ms()),
+            )
             return int(token)
+
+    def _read_writer_token(self, run_id: str) -> WriterToken | None:
+        if self._schema < _TOKEN_TIMES_SCHEMA:  # a read-only file served as it is
+            query = "SELECT writer_token, NULL FROM runs WHERE run_id = ?"
+        else:
+            query = (
+                "SELECT r.writer_token, t.taken_at FROM runs AS r LEFT JOIN writer_taken AS t "
+                "ON t.run = r.id AND t.token = r.writer_token WHERE r.run_id = ?"
+            )
+        rows = self._query(query, (run_id,))
+        if not rows or not isinstance(rows[0][0], int) or rows[0][0] <= 0:
+            return None
+        token, taken_at = rows[0]
+        return WriterToken(token, taken_at if isinstance(taken_at, int) else None)
 
     def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         with self._write() as conn:

@@ -36,7 +36,7 @@ from ..errors import (
     RunNotInitializedError,
     StaleWriterError,
 )
-from ..storage import Savepoint, SavepointInfo, Storage
+from ..storage import Savepoint, SavepointInfo, Storage, epoch_ms
 from ..storage.layout import MAX_SAVEPOINT_BYTES
 from .faults import CrashTests, DamageTests
 from .forgery import (
@@ -90,6 +90,10 @@ Snapshot = dict[str, tuple[list[SavepointInfo], Savepoint | None]]
 FUZZ_SAVEPOINT_BYTES = 1 << 20
 FUZZ_READ_SECONDS = 5.0
 FUZZ_READ_PEAK = 4 * FUZZ_SAVEPOINT_BYTES + (8 << 20)
+
+#: How far a stored time may trail or lead the test's clock readings: file systems stamp
+#: files with a coarse clock (one kernel tick, 1 to 10 ms), a server with its own.
+CLOCK_TICK_MS = 20
 
 
 @dataclass(frozen=True)
@@ -388,6 +392,7 @@ class InProcessConformance(DamageTests, BackendHooks):
             "delete_old_savepoints": lambda: s.delete_old_savepoints(bad, 0),
             "delete_run": lambda: s.delete_run(bad),
             "acquire_writer": lambda: s.acquire_writer(bad),
+            "current_writer": lambda: s.current_writer(bad),
         }
         self._assert_refused_unchanged(s, calls, InvalidArgumentError)
         assert s.list_runs() == ["run-1", "run-2"]
@@ -748,6 +753,36 @@ class InProcessConformance(DamageTests, BackendHooks):
     def test_acquire_writer_on_uninitialized_run_is_refused(self, storage: Storage) -> None:
         with pytest.raises(RunNotInitializedError, match="nowhere"):
             storage.acquire_writer("nowhere")
+        assert storage.list_runs() == []
+
+    def test_current_writer_is_the_last_token_taken_and_when(
+        self, url: str, storage: Storage
+    ) -> None:
+        storage.init_storage("run")
+        assert storage.current_writer("run") is None  # no writer yet
+        before = epoch_ms()
+        first = storage.acquire_writer("run")
+        after = epoch_ms()
+        taken = storage.current_writer("run")
+        assert taken is not None
+        assert taken.token == first
+        # File system clocks tick coarsely: a file's time may trail the clock by a tick.
+        assert taken.taken_at is not None
+        assert before - CLOCK_TICK_MS <= taken.taken_at <= after + CLOCK_TICK_MS
+        time.sleep(CLOCK_TICK_MS * 2 / 1000)
+        with self.open(url) as other:  # a writer of another process takes over
+            second = other.acquire_writer("run")
+        again = storage.current_writer("run")
+        assert again is not None
+        assert again.token == second > first
+        assert again.taken_at is not None
+        assert again.taken_at > taken.taken_at
+        storage.save_savepoint("run", 60_000, [("a", 1)], writer_token=second)
+        assert storage.current_writer("run") == again  # a save leaves the token as it is
+
+    def test_current_writer_of_uninitialized_run_is_refused(self, storage: Storage) -> None:
+        with pytest.raises(RunNotInitializedError, match="nowhere"):
+            storage.current_writer("nowhere")
         assert storage.list_runs() == []
 
     def test_stale_writer_stores_nothing(self, url: str, populated: Storage) -> None:

@@ -142,6 +142,9 @@ class StorageMachine(RuleBasedStateMachine):
         token = self.storage.acquire_writer(run_id)
         assert token > self.tokens.get(run_id, -1), "writer tokens must only grow"
         self.tokens[run_id] = token
+        current = self.storage.current_writer(run_id)
+        assert current is not None
+        assert current.token == token
 
     @precondition(lambda self: self.can_reopen)
     @rule()

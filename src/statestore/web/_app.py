@@ -19,14 +19,20 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from .. import ops
-from ..cli.output import ENTITY_SIZE_COLUMNS, entity_size_rows, format_date, format_size
+from ..cli.output import (
+    ENTITY_SIZE_COLUMNS,
+    describe_writer,
+    entity_size_rows,
+    format_date,
+    format_size,
+)
 from ..errors import (
     CorruptSavepointError,
     InvalidArgumentError,
     NoSavepointError,
     StateStoreError,
 )
-from ..storage import EncodedSavepoint, Storage, validate
+from ..storage import EncodedSavepoint, Storage, epoch_ms, validate
 from ._data import Diff, VerifyCache, diff_savepoints, size_changes
 from ._html import Html, bar_chart, join, link, page, render_state, table, tag
 
@@ -130,8 +136,23 @@ class _Pages:
         run_id = self._run_id(request)
         stats = ops.run_stats(self.storage, run_id, top=TOP)
         savepoints = stats.savepoints
+        writer = tag(
+            "p",
+            "Writer: ",
+            describe_writer(stats.writer, epoch_ms()),
+            ". ",
+            tag(
+                "span",
+                "The job that started or resumed the run last holds its token; a save by "
+                "an older holder is refused.",
+                class_="muted",
+            ),
+            id="writer",
+        )
         if not savepoints:
-            return f"Run {run_id}", tag("p", "This run has no savepoint yet.", class_="muted")
+            return f"Run {run_id}", join(
+                tag("p", "This run has no savepoint yet.", class_="muted"), writer
+            )
         newest_first = list(reversed(savepoints))
         shown, pager = _paginate(newest_first, _page(request), TIMELINE_SIZE, request, run=run_id)
         recent = savepoints[-TIMELINE_SIZE:]
@@ -181,6 +202,7 @@ class _Pages:
                 " ",
                 link("verify now" if health is None else "verify again", "/verify", run=run_id),
             ),
+            writer,
             tag("h2", "Timeline"),
             chart,
             tag(

@@ -10,6 +10,7 @@ starts with ``statestore_``, so even ``?schema=public`` collides with nothing::
     statestore_blobs         (run_key, name, chunk) -> data: a blob in chunks of CHUNK_BYTES
     statestore_writer_tokens a sequence: writer tokens never repeat, even across a
                              deleted and re-created run
+    statestore_writer_taken  run_key -> token, taken_at: when the run's token was taken
 
 Rows of savepoints and blobs belong to their run by ``run_key`` (ON DELETE CASCADE), so
 dropping a run is one DELETE, and a run re-created under the same id starts empty.
@@ -50,6 +51,7 @@ _NAMES = {
     "savepoints": "statestore_savepoints",
     "blobs": "statestore_blobs",
     "writer_tokens": "statestore_writer_tokens",
+    "writer_taken": "statestore_writer_taken",
 }
 
 
@@ -90,6 +92,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 chunk integer NOT NULL CHECK (chunk >= 0),
                 data bytea NOT NULL,
                 PRIMARY KEY (run_key, name, chunk)
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "when each run's writer token was taken",
+        (
+            # Kept with the token it belongs to: a process of an older statestore changes
+            # only the runs row, and its token then reads as "time not recorded".
+            """CREATE TABLE {writer_taken} (
+                run_key bigint PRIMARY KEY REFERENCES {runs} ON DELETE CASCADE,
+                token bigint NOT NULL,
+                taken_at timestamptz NOT NULL
             )""",
         ),
     ),

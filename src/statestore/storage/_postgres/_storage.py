@@ -41,7 +41,14 @@ import psycopg_pool
 
 from ...codecs import Codec
 from ...errors import BackendError, ConfigError
-from .._base import Capabilities, MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from .._base import (
+    Capabilities,
+    MissingBlobsError,
+    SavepointInfo,
+    SavepointParts,
+    Storage,
+    WriterToken,
+)
 from ..layout import SavepointRecord
 from . import _options
 from ._schema import CHUNK_BYTES, Tables, ensure_schema
@@ -86,9 +93,24 @@ class _Queries:
         self.run_exists = q("SELECT EXISTS (SELECT 1 FROM {runs} WHERE run_id = %s)")
         self.list_runs = q("SELECT run_id FROM {runs}")
         self.drop_run = q("DELETE FROM {runs} WHERE run_id = %s")
+        # The time is the server's: one clock for every host that writes the store.
         self.take_token = q(
-            "UPDATE {runs} SET writer_token = nextval(%s::regclass) "
-            "WHERE run_id = %s RETURNING writer_token"
+            """WITH taken AS (
+                UPDATE {runs} SET writer_token = nextval(%s::regclass)
+                WHERE run_id = %s RETURNING run_key, writer_token
+            )
+            INSERT INTO {writer_taken} (run_key, token, taken_at)
+            SELECT run_key, writer_token, statement_timestamp() FROM taken
+            ON CONFLICT (run_key) DO UPDATE SET token = EXCLUDED.token, taken_at = EXCLUDED.taken_at
+            RETURNING token"""
+        )
+        # An edited time of 'infinity' reads as not recorded, not as an error.
+        self.read_token = q(
+            """SELECT r.writer_token, CASE WHEN isfinite(t.taken_at)
+                THEN floor(extract(epoch FROM t.taken_at) * 1000)::bigint END
+            FROM {runs} r LEFT JOIN {writer_taken} t
+                ON t.run_key = r.run_key AND t.token = r.writer_token
+            WHERE r.run_id = %s"""
         )
         # Commits, prunes and drops of one run queue up on this lock.
         self.lock_run = q("SELECT run_key, writer_token FROM {runs} WHERE run_id = %s FOR UPDATE")
@@ -403,6 +425,12 @@ class PostgresStorage(Storage):
         if token is None:
             raise self._not_initialized(run_id)
         return token
+
+    def _read_writer_token(self, run_id: str) -> WriterToken | None:
+        row = self._read(lambda conn: conn.execute(self._queries.read_token, [run_id]).fetchone())
+        if row is None or not row[0]:
+            return None
+        return WriterToken(int(row[0]), None if row[1] is None else int(row[1]))
 
     def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         q = self._queries

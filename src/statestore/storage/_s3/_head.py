@@ -89,6 +89,8 @@ class Head:
 
     run_id: str
     token: int = 0
+    #: When ``token`` was taken (epoch ms); None when not recorded. Display only.
+    token_taken_at: int | None = None
     epoch: int = 1
     version: int = 0
     deleted: bool = False
@@ -130,6 +132,7 @@ def encode_head(head: Head) -> bytes:
         "format": FORMAT,
         "run_id": head.run_id,
         "token": head.token,
+        "token_taken_at": head.token_taken_at,
         "epoch": head.epoch,
         "version": head.version,
         "deleted": head.deleted,
@@ -174,6 +177,8 @@ def decode_head(data: bytes, where: str) -> Head:
     return Head(
         run_id=run_id,
         token=token,
+        # A key an older statestore neither writes nor keeps; never trusted past its type.
+        token_taken_at=taken_at if _count(taken_at := document.get("token_taken_at")) else None,
         epoch=epoch,
         version=version,
         deleted=document.get("deleted") is True,

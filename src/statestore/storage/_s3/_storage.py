@@ -48,7 +48,15 @@ from ...errors import (
     StaleWriterError,
     StateStoreError,
 )
-from .._base import Capabilities, MissingBlobsError, SavepointInfo, SavepointParts, Storage
+from .._base import (
+    Capabilities,
+    MissingBlobsError,
+    SavepointInfo,
+    SavepointParts,
+    Storage,
+    WriterToken,
+    epoch_ms,
+)
 from ..layout import SavepointRecord
 from . import _head
 from ._head import Head, SavepointEntry, decode_head, encode_head, run_dir
@@ -357,11 +365,17 @@ class S3Storage(Storage):
         def change(head: Head | None) -> Head | None:
             if head is None or head.deleted:
                 raise self._not_initialized(run_id)
-            return head.next(token=head.token + 1)
+            return head.next(token=head.token + 1, token_taken_at=epoch_ms())
 
         _, new = self._update(run_id, change)
         assert new is not None
         return new.token
+
+    def _read_writer_token(self, run_id: str) -> WriterToken | None:
+        head, _ = self._read_head(run_id)
+        if head is None or head.deleted or not head.token:
+            return None
+        return WriterToken(head.token, head.token_taken_at)
 
     def _commit(self, run_id: str, record: SavepointRecord, writer_token: int | None) -> None:
         written: list[str] = []
