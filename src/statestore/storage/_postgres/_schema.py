@@ -108,6 +108,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "lz4 for the stored bytes, where the server has it",
+        (
+            # PostgreSQL compresses a large bytea value itself (TOAST), with pglz by
+            # default: a 1.9 MB pack of 10,000 small states took 27 ms to save, 18 ms
+            # with lz4, at the same size on disk. Only new values are written with it;
+            # a server without lz4 (built without it, or before 14) keeps pglz.
+            """DO $$ BEGIN
+                IF EXISTS (
+                    SELECT 1 FROM pg_catalog.pg_settings
+                    WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)
+                ) THEN
+                    ALTER TABLE {blobs} ALTER COLUMN data SET COMPRESSION lz4;
+                    ALTER TABLE {savepoints} ALTER COLUMN manifest SET COMPRESSION lz4;
+                END IF;
+            END $$""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
