@@ -281,6 +281,10 @@ def test_requests_per_operation_are_what_docs_s3_md_says(counted_url: str) -> No
         assert _count(lambda: storage.list_savepoints("run"), storage) == {"GET": 1}
         assert _count(lambda: storage.acquire_writer("run"), storage) == {"GET": 1, "PUT": 1}
         assert _count(lambda: storage.current_writer("run"), storage) == {"GET": 1}
+        # Sizes: the head and manifest (not remembered yet), then the head, the manifest,
+        # its table and its pack; asked again, the head and the manifest alone.
+        assert _count(lambda: storage.summarize_savepoint("run", 3), storage) == {"GET": 6}
+        assert _count(lambda: storage.summarize_savepoint("run", 3), storage) == {"GET": 2}
         # A prune: the head (to choose), the new head, one listing of the run and one
         # bulk delete.
         assert _count(lambda: storage.delete_old_savepoints("run", 1), storage) == {

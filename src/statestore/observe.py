@@ -77,6 +77,7 @@ OPERATIONS: Final = (
     "list_savepoints",
     "read_encoded_savepoint",
     "describe_savepoint",
+    "summarize_savepoint",
     "delete_savepoints",
     "delete_old_savepoints",
     "delete_run",
@@ -91,7 +92,8 @@ SAVES: Final = frozenset(
 )
 #: The operations on one savepoint, named by its timestamp (the second argument).
 TIMESTAMPED: Final = SAVES | {
-    "get_savepoint", "load_savepoint", "describe_savepoint", "read_encoded_savepoint",
+    "get_savepoint", "load_savepoint", "describe_savepoint", "summarize_savepoint",
+    "read_encoded_savepoint",
 }  # fmt: skip
 #: The operations that read and decode a savepoint, as a resume does.
 LOADS: Final = frozenset({"get_latest_savepoint", "get_savepoint", "load_savepoint"})

@@ -31,7 +31,7 @@ def savepoint_data_size(storage: Storage, run_id: str, timestamps: Iterable[int]
     total = 0
     packs: dict[str, int] = {}
     for timestamp in timestamps:
-        layout = storage.describe_savepoint(run_id, timestamp)
-        total += layout.manifest_size
-        packs.update(layout.packs)
+        summary = storage.summarize_savepoint(run_id, timestamp)
+        total += summary.manifest_size
+        packs.update(summary.packs)
     return total + sum(packs.values())

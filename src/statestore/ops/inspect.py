@@ -8,6 +8,7 @@ from ..errors import BackendError, CorruptSavepointError, NoSavepointError, RunN
 from ..storage import (
     SavepointInfo,
     SavepointLayout,
+    SavepointSummary,
     Storage,
     StoredSavepoint,
     WriterToken,
@@ -140,23 +141,31 @@ def run_stats(storage: Storage, run_id: str, *, top: int = 10) -> RunStats:
     top = validate.keep_n(top)
     for _attempt in range(STATS_ATTEMPTS):
         rows = storage.list_savepoints(run_id)
-        found = _describe_listed(storage, run_id, rows)
-        if not rows or rows[-1].timestamp in found:
-            return _stats(run_id, rows, found, top, _writer(storage, run_id))
+        found = _summarize_listed(storage, run_id, rows)
+        if not rows:
+            return _stats(run_id, rows, found, [], _writer(storage, run_id))
+        if rows[-1].timestamp not in found:
+            continue
+        try:  # the latest savepoint entity by entity, for its biggest
+            latest = storage.describe_savepoint(run_id, rows[-1].timestamp) if top else None
+        except NoSavepointError:
+            continue
+        biggest = [] if latest is None else _biggest(latest, top)
+        return _stats(run_id, rows, found, biggest, _writer(storage, run_id))
     raise BackendError(
         f"run {run_id!r}: its newest savepoint was pruned before it could be read, "
         f"{STATS_ATTEMPTS} times in a row; try again"
     )
 
 
-def _describe_listed(
+def _summarize_listed(
     storage: Storage, run_id: str, rows: list[SavepointInfo]
-) -> dict[int, SavepointLayout]:
-    """How each listed savepoint is stored; one pruned meanwhile is left out."""
+) -> dict[int, SavepointSummary]:
+    """The sizes of each listed savepoint; one pruned meanwhile is left out."""
     found = {}
     for row in rows:
         try:
-            found[row.timestamp] = storage.describe_savepoint(run_id, row.timestamp)
+            found[row.timestamp] = storage.summarize_savepoint(run_id, row.timestamp)
         except NoSavepointError:
             continue
     return found
@@ -172,21 +181,21 @@ def _writer(storage: Storage, run_id: str) -> WriterToken | None:
 def _stats(
     run_id: str,
     rows: list[SavepointInfo],
-    found: dict[int, SavepointLayout],
-    top: int,
+    found: dict[int, SavepointSummary],
+    biggest: list[EntitySize],
     writer: WriterToken | None,
 ) -> RunStats:
-    """The statistics of the listed savepoints still there (``found``: their layouts)."""
+    """The statistics of the listed savepoints still there (``found``: their sizes)."""
     present = [row for row in rows if row.timestamp in found]
     savepoints: list[SavepointStats] = []
     previous: int | None = None
     packs: dict[str, int] = {}
     size = 0
     for row in present:
-        layout = found[row.timestamp]
-        state_bytes = layout.state_bytes
+        summary = found[row.timestamp]
+        state_bytes = summary.state_bytes
         growth = None if previous is None else state_bytes - previous
-        written = layout.states_written
+        written = summary.states_written
         savepoints.append(
             SavepointStats(
                 row.timestamp,
@@ -195,17 +204,18 @@ def _stats(
                 state_bytes,
                 growth,
                 written,
-                len(layout.states) - written,
+                summary.entity_count - written,
             )
         )
         previous = state_bytes
-        size += layout.manifest_size  # as savepoint_data_size counts: a shared pack once
-        packs.update(layout.packs)
+        size += summary.manifest_size  # as savepoint_data_size counts: a shared pack once
+        packs.update(summary.packs)
     if not present:
         return RunStats(run_id, 0, [], [], 0, writer)
     latest = found[present[-1].timestamp]
-    total = size + sum(packs.values())
-    return RunStats(run_id, total, savepoints, _biggest(latest, top), len(latest.states), writer)
+    return RunStats(
+        run_id, size + sum(packs.values()), savepoints, biggest, latest.entity_count, writer
+    )
 
 
 def _biggest(layout: SavepointLayout, top: int) -> list[EntitySize]:

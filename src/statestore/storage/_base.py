@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -52,6 +53,7 @@ __all__ = [
     "SavepointInfo",
     "SavepointLayout",
     "SavepointParts",
+    "SavepointSummary",
     "Storage",
     "StoredSavepoint",
     "StoredState",
@@ -63,6 +65,8 @@ _T = TypeVar("_T")
 
 #: How many runs' previous savepoints one storage object remembers for incremental saves.
 REUSE_CACHE_RUNS = 64
+#: How many savepoint summaries one storage object remembers (a few hundred bytes each).
+SUMMARY_CACHE_SIZE = 4096
 
 
 class MissingBlobsError(Exception):
@@ -203,6 +207,49 @@ class SavepointLayout(NamedTuple):
         return sum(1 for state in self.states if state.pack.startswith(own))
 
 
+class SavepointSummary(NamedTuple):
+    """A savepoint's sizes (:meth:`Storage.summarize_savepoint`): what statistics need.
+
+    ``state_bytes`` is the encoded size of every state together; ``states_written`` the
+    states this savepoint stored anew (the others it reuses from earlier savepoints'
+    packs); ``packs`` maps each pack a state is in to its stored size, and
+    ``manifest_size`` is the manifest's bytes.
+    """
+
+    timestamp: int
+    entity_count: int
+    state_bytes: int
+    states_written: int
+    manifest_size: int
+    packs: dict[str, int]
+
+
+class _Summaries:
+    """The summaries a storage object made, by (run, timestamp), each kept with a digest
+    of the manifest it was made from: a savepoint replaced since has another manifest,
+    so a summary is never served for bytes it does not describe."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], tuple[bytes, SavepointSummary]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def digest(manifest: bytes) -> bytes:
+        return hashlib.blake2b(manifest, digest_size=16).digest()
+
+    def get(self, key: tuple[str, int], digest: bytes) -> SavepointSummary | None:
+        with self._lock:
+            found = self._entries.get(key)
+            return found[1] if found is not None and found[0] == digest else None
+
+    def put(self, key: tuple[str, int], digest: bytes, summary: SavepointSummary) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (digest, summary)
+            if len(self._entries) > SUMMARY_CACHE_SIZE:  # the oldest goes first
+                del self._entries[next(iter(self._entries))]
+
+
 class WriterToken(NamedTuple):
     """A run's current writer token (:meth:`Storage.current_writer`) and when it was taken.
 
@@ -261,6 +308,7 @@ class Storage(ABC):
         # loaded savepoint is kept as its manifest and made a base when a save needs it.
         self._reuse_bases: dict[str, ReuseBase | layout.Manifest] = {}
         self._reuse_bases_lock = threading.Lock()
+        self._summaries = _Summaries()
         #: The threads the ``a``-prefixed twins run in (statestore.aio), started on first use.
         self._workers = Workers(type(self).__name__, self.async_workers)
 
@@ -650,15 +698,43 @@ class Storage(ABC):
             raise NoSavepointError(f"run {run_id!r} has no savepoint at {timestamp}")
         manifest = self._decode_manifest(run_id, parts)
         states = [StoredState(*stored) for stored in layout.stored_states(manifest)]
-        live = manifest.live_packs() if isinstance(manifest, layout.Manifest) else None
-        packs = {
-            name: size
-            for k, (name, size) in enumerate(zip(manifest.packs, manifest.pack_sizes, strict=True))
-            if live is None or k in live
-        }
+        packs = layout.summarize(manifest)[2]
         return SavepointLayout(
             manifest.timestamp, manifest.codec, len(parts.manifest), packs, states
         )
+
+    def summarize_savepoint(self, run_id: str, timestamp: int) -> SavepointSummary:
+        """The sizes of the savepoint at ``timestamp``, from its checked manifest.
+
+        What :meth:`describe_savepoint` gives in total, without an object per entity, and
+        remembered: asked again while the savepoint's manifest is unchanged, it reads only
+        the manifest (a listing of a large run's savepoints, page after page, reads each
+        savepoint's tables once). Damage to a table after its summary was made shows in a
+        load or a verify, not here. ``NoSavepointError`` when there is no such savepoint,
+        ``CorruptSavepointError`` when its manifest is damaged.
+        """
+        run_id = validate.run_id(run_id)
+        timestamp = validate.timestamp(timestamp)
+        key = (run_id, timestamp)
+        with self._boundary(run_id, timestamp):
+            head = self._read_savepoint(run_id, timestamp, with_blobs=False)
+            found = (
+                None if head is None else self._summaries.get(key, _Summaries.digest(head.manifest))
+            )
+            if found is not None:
+                return found
+            parts = (
+                None if head is None else self._read_savepoint(run_id, timestamp, with_blobs=True)
+            )
+        if parts is None:
+            raise NoSavepointError(f"run {run_id!r} has no savepoint at {timestamp}")
+        manifest = self._decode_manifest(run_id, parts)
+        state_bytes, written, packs = layout.summarize(manifest)
+        summary = SavepointSummary(
+            timestamp, len(manifest.ids), state_bytes, written, len(parts.manifest), packs
+        )
+        self._summaries.put(key, _Summaries.digest(parts.manifest), summary)
+        return summary
 
     def can_decode(self, codec_name: str) -> bool:
         """Whether this storage decodes states written by the codec named ``codec_name``."""

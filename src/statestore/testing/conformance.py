@@ -36,7 +36,7 @@ from ..errors import (
     RunNotInitializedError,
     StaleWriterError,
 )
-from ..storage import Savepoint, SavepointInfo, Storage, epoch_ms
+from ..storage import Savepoint, SavepointInfo, SavepointSummary, Storage, epoch_ms
 from ..storage.layout import MAX_SAVEPOINT_BYTES
 from .faults import CrashTests, DamageTests
 from .forgery import (
@@ -393,6 +393,7 @@ class InProcessConformance(DamageTests, BackendHooks):
             "delete_run": lambda: s.delete_run(bad),
             "acquire_writer": lambda: s.acquire_writer(bad),
             "current_writer": lambda: s.current_writer(bad),
+            "summarize_savepoint": lambda: s.summarize_savepoint(bad, 60_000),
         }
         self._assert_refused_unchanged(s, calls, InvalidArgumentError)
         assert s.list_runs() == ["run-1", "run-2"]
@@ -405,6 +406,7 @@ class InProcessConformance(DamageTests, BackendHooks):
             "save to empty run": lambda: s.save_savepoint("run-2", bad, [("a", 1)]),
             "save to unknown run": lambda: s.save_savepoint("unknown", bad, [("a", 1)]),
             "get_savepoint": lambda: s.get_savepoint("run-1", bad),
+            "summarize_savepoint": lambda: s.summarize_savepoint("run-1", bad),
         }
         self._assert_refused_unchanged(s, calls, InvalidArgumentError)
 
@@ -505,6 +507,9 @@ class InProcessConformance(DamageTests, BackendHooks):
             "get_latest_savepoint": lambda: storage.get_latest_savepoint("run-t"),
             "get_savepoint": lambda: storage.get_savepoint("run-t", 60_000),
         }
+        if part == "manifest":  # what describes a savepoint reads its manifest, not its states
+            reads["describe_savepoint"] = lambda: storage.describe_savepoint("run-t", 60_000)
+            reads["summarize_savepoint"] = lambda: storage.summarize_savepoint("run-t", 60_000)
         for label, read in reads.items():
             error = _refuses(read, CorruptSavepointError, f"{label} after {damage} {part}")
             assert "run-t" in str(error)
@@ -741,6 +746,44 @@ class InProcessConformance(DamageTests, BackendHooks):
         assert raised[0] == f"OK 10000 {len(payload(10_000))}"
         assert raised[1].startswith("CORRUPT 20000"), raised[1]
         assert "names one stored state for two entities" in raised[1]
+
+    # ================================================================ sizes
+
+    def test_a_summary_totals_what_describe_lists(self, storage: Storage) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, [(f"e{i}", {"v": i}) for i in range(50)])
+        storage.save_savepoint("run", 2, [(f"e{i}", {"v": i + (i % 10 == 0)}) for i in range(50)])
+        storage.save_changes("run", 3, [("new", "x" * 100)], removed=["e3"])
+        for timestamp in (1, 2, 3):
+            layout = storage.describe_savepoint("run", timestamp)
+            assert storage.summarize_savepoint("run", timestamp) == SavepointSummary(
+                timestamp,
+                len(layout.states),
+                layout.state_bytes,
+                layout.states_written,
+                layout.manifest_size,
+                layout.packs,
+            )
+        written = [storage.summarize_savepoint("run", ts).states_written for ts in (1, 2, 3)]
+        assert written == [50, 5, 1]
+
+    def test_a_summary_follows_its_savepoint_when_another_handle_changes_it(
+        self, url: str, storage: Storage
+    ) -> None:
+        storage.init_storage("run")
+        storage.save_savepoint("run", 1, [("a", 1)])
+        assert storage.summarize_savepoint("run", 1).entity_count == 1  # now remembered
+        with self.open(url) as other:  # another process replaces it, then prunes it
+            other.save_savepoint("run", 1, [("a", 1), ("b", "x" * 500)])
+            replaced = storage.summarize_savepoint("run", 1)
+            assert (replaced.entity_count, replaced.states_written) == (2, 2)
+            assert replaced.state_bytes == storage.describe_savepoint("run", 1).state_bytes
+            other.save_savepoint("run", 2, [("a", 2)])
+            other.delete_old_savepoints("run", 1)
+        with pytest.raises(NoSavepointError, match="run"):
+            storage.summarize_savepoint("run", 1)
+        with pytest.raises(NoSavepointError, match="nowhere"):
+            storage.summarize_savepoint("nowhere", 1)
 
     # ================================================================ writer tokens
 

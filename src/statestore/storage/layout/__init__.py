@@ -87,6 +87,7 @@ from ._read import (
     extract_states,
     reuse_base,
     stored_states,
+    summarize,
 )
 from ._tables import seal_table
 from ._v1 import ManifestV1
@@ -142,5 +143,6 @@ __all__ = [
     "seal_manifest",
     "seal_table",
     "stored_states",
+    "summarize",
     "to_column",
 ]
