@@ -2,7 +2,8 @@
 
 Two kinds of damage no checksum covers: the database file (or its write-ahead log)
 deleted or replaced while a store has it open, and the savepoints table's metadata
-columns (``ts``, ``entity_count``, ``size``) edited to values the library never writes.
+columns (``ts``, ``entity_count``, ``size``) and a writer token's time edited to values
+the library never writes.
 Raw edits use apsw, the library the backend runs on: a second SQLite library in the
 same process does not see the first one's locks (https://sqlite.org/howtocorrupt.html).
 """
@@ -336,3 +337,29 @@ def test_the_cli_lists_and_verifies_a_store_with_damaged_metadata(
     assert verified.returncode == 0, verified.stderr
     assert "a bug" not in verified.stderr
     assert f"ok: {listed} savepoint(s) in 1 run(s) verified" in verified.stdout
+
+
+@pytest.mark.parametrize(
+    ("taken_at", "shown"),
+    [
+        ("yesterday", "taken at a time not recorded"),
+        (2.5, "taken at a time not recorded"),
+        (-(2**63), f"taken at a time out of range ({-(2**63)})"),
+        (2**63 - 1, f"taken at a time out of range ({2**63 - 1})"),
+    ],
+)
+def test_an_edited_writer_time_is_shown_for_what_it_is(
+    storage: SQLiteStorage, db_path: Path, taken_at: object, shown: str
+) -> None:
+    """The time a token was taken is display only: an edited one never breaks a reader."""
+    storage.init_storage("run")
+    storage.save_savepoint("run", 1000, payload(1000))
+    token = storage.acquire_writer("run")
+    with contextlib.closing(apsw.Connection(str(db_path))) as conn:
+        conn.execute("UPDATE writer_taken SET taken_at = ?", (taken_at,))
+    found = storage.current_writer("run")
+    assert found is not None
+    assert found.token == token
+    text = run_cli("stats", "run", "--url", f"sqlite:///{db_path}").stdout
+    assert f"writer: token {token}, {shown}" in text
+    storage.save_savepoint("run", 2000, payload(2000), writer_token=token)  # still the writer
