@@ -240,7 +240,9 @@ class _Summaries:
     def get(self, key: tuple[str, int], digest: bytes) -> SavepointSummary | None:
         with self._lock:
             found = self._entries.get(key)
-            return found[1] if found is not None and found[0] == digest else None
+        if found is None or found[0] != digest:
+            return None
+        return found[1]._replace(packs=dict(found[1].packs))  # the caller's to change
 
     def put(self, key: tuple[str, int], digest: bytes, summary: SavepointSummary) -> None:
         with self._lock:
