@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import sys
@@ -306,3 +307,22 @@ def test_the_run_page_shows_the_writer_token_and_its_age(tmp_path: Path) -> None
             conn.execute("DELETE FROM writer_taken")  # as an older statestore's token reads
         line = _writer_line(get(client, "/run", run="job"))
         assert f"token {token}, taken at a time not recorded" in line
+
+
+def test_a_damaged_writer_token_leaves_the_run_page_and_stats_readable(tmp_path: Path) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    with statestore.open_storage(url) as storage:
+        assert isinstance(storage, statestore.storage.FileStorage)
+        storage.init_storage("job")
+        storage.save_savepoint("job", 60_000, [("a", 1)])
+        storage.acquire_writer("job")
+        Path(storage._run_dir("job"), "writer-token").write_bytes(b"garbage")
+        client = TestClient(create_app(storage, store=LABEL), base_url="http://localhost")
+        html = get(client, "/run", run="job")  # 200: the sizes are still shown
+        assert len(rows(html, "timeline")) == 1
+        assert "unreadable: run &#x27;job&#x27;: the writer token file in" in _writer_line(html)
+    stats = run_cli("stats", "job", "--url", url)
+    assert "writer: unreadable: run 'job': the writer token file in" in stats.stdout
+    data = json.loads(run_cli("stats", "job", "--url", url, "--json").stdout)
+    assert data["writer"] is None
+    assert "is damaged" in data["writer_problem"]

@@ -200,7 +200,8 @@ def stats(args: argparse.Namespace, out: Output) -> int:
         f"{run_stats.entity_count} entities, "
         f"{format_size(latest.state_bytes if latest else 0)} of states"
     )
-    out.line(f"writer: {describe_writer(run_stats.writer, epoch_ms())}")
+    holder = describe_writer(run_stats.writer, epoch_ms(), run_stats.writer_problem)
+    out.line(f"writer: {holder}")
     if not run_stats.savepoints:
         return EXIT_OK
     out.line()

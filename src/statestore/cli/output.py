@@ -155,8 +155,11 @@ def format_age(milliseconds: int) -> str:
     return f"{days:,} day{'s' if days > 1 else ''} {hours % 24} h"
 
 
-def describe_writer(writer: WriterToken | None, now: int) -> str:
-    """The run's writer token and its age at ``now`` (epoch ms), as one phrase."""
+def describe_writer(writer: WriterToken | None, now: int, problem: str | None = None) -> str:
+    """The run's writer token and its age at ``now`` (epoch ms), as one phrase; or why it
+    could not be read (``problem``)."""
+    if problem is not None:
+        return f"unreadable: {problem}"
     if writer is None:
         return "no writer has taken the run yet"
     if writer.taken_at is None:

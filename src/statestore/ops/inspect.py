@@ -77,7 +77,8 @@ class EntitySize:
 @dataclass(frozen=True)
 class RunStats:
     """Sizes of one run: total, per savepoint, and its biggest entities (latest savepoint);
-    and who writes it: its writer token and when that was taken."""
+    and who writes it: its writer token and when that was taken (``writer_problem`` says
+    why it could not be read, when it could not: the sizes are still worth showing)."""
 
     run_id: str
     size: int
@@ -85,6 +86,7 @@ class RunStats:
     biggest: list[EntitySize]
     entity_count: int
     writer: WriterToken | None
+    writer_problem: str | None = None
 
 
 #: How often :func:`run_summary` and :func:`run_stats` list a run again when a prune
@@ -171,11 +173,13 @@ def _summarize_listed(
     return found
 
 
-def _writer(storage: Storage, run_id: str) -> WriterToken | None:
+def _writer(storage: Storage, run_id: str) -> tuple[WriterToken | None, str | None]:
     try:
-        return storage.current_writer(run_id)
+        return storage.current_writer(run_id), None
     except RunNotInitializedError:  # deleted since it was listed: nobody writes it
-        return None
+        return None, None
+    except BackendError as exc:  # a damaged token file, say: saves with a token fail too
+        return None, str(exc)
 
 
 def _stats(
@@ -183,9 +187,10 @@ def _stats(
     rows: list[SavepointInfo],
     found: dict[int, SavepointSummary],
     biggest: list[EntitySize],
-    writer: WriterToken | None,
+    writer: tuple[WriterToken | None, str | None],
 ) -> RunStats:
-    """The statistics of the listed savepoints still there (``found``: their sizes)."""
+    """The statistics of the listed savepoints still there (``found``: their sizes);
+    ``writer`` is what :func:`_writer` found."""
     present = [row for row in rows if row.timestamp in found]
     savepoints: list[SavepointStats] = []
     previous: int | None = None
@@ -211,11 +216,11 @@ def _stats(
         size += summary.manifest_size  # as savepoint_data_size counts: a shared pack once
         packs.update(summary.packs)
     if not present:
-        return RunStats(run_id, 0, [], [], 0, writer)
+        return RunStats(run_id, 0, [], [], 0, *writer)
     latest = found[present[-1].timestamp]
-    return RunStats(
-        run_id, size + sum(packs.values()), savepoints, biggest, latest.entity_count, writer
-    )
+    total = size + sum(packs.values())
+    entities = latest.entity_count
+    return RunStats(run_id, total, savepoints, biggest, entities, *writer)
 
 
 def _biggest(layout: SavepointLayout, top: int) -> list[EntitySize]:

@@ -139,7 +139,7 @@ class _Pages:
         writer = tag(
             "p",
             "Writer: ",
-            describe_writer(stats.writer, epoch_ms()),
+            describe_writer(stats.writer, epoch_ms(), stats.writer_problem),
             ". ",
             tag(
                 "span",
