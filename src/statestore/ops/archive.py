@@ -25,7 +25,6 @@ import os
 import secrets
 import stat
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -35,7 +34,7 @@ import msgpack
 import zstandard
 
 from ..errors import BackendError, CorruptSavepointError, InvalidArgumentError
-from ..storage import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES, validate
+from ..storage import LIMIT_OPTION, MAX_SAVEPOINT_BYTES, MAX_STATE_BYTES, epoch_ms, validate
 from ..storage.durable import fsync_directory
 from ._stored import StoredSavepoint
 
@@ -99,7 +98,7 @@ class ArchiveWriter:
         with self._io("write"):
             self._file.write(MAGIC + bytes([VERSION]))
         self.bytes_written = len(MAGIC) + 1
-        self._frame({"kind": "header", "run_id": self.run_id, "exported_at": _now_ms()})
+        self._frame({"kind": "header", "run_id": self.run_id, "exported_at": epoch_ms()})
 
     def _refuse_existing(self) -> None:
         """Only a regular file may be replaced, and only with ``overwrite``.
@@ -385,7 +384,3 @@ def _savepoint(path: str, run_id: str, body: dict[str, Any], limit: int) -> Stor
             f"{limit} limit (if the archive is genuine, raise it with ?{LIMIT_OPTION}=N)",
         )
     return StoredSavepoint(run_id, timestamp, codec, list(zip(ids, states, strict=True)))
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
