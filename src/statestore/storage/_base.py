@@ -580,12 +580,12 @@ class Storage(ABC):
     ) -> None:
         """A change set saved as a whole savepoint: the base's stored states, changed."""
         try:
-            manifest, packs = self._read_checked(run_id, base.timestamp)
+            manifest, parts = self._read_checked(run_id, base.timestamp)
         except NoSavepointError:
             raise self._base_gone(run_id) from None
         if not isinstance(manifest, layout.Manifest) or manifest.tables != base.manifest.tables:
             raise self._base_gone(run_id)  # replaced at its timestamp since
-        states = dict(layout.extract_states(run_id, manifest, packs))
+        states = dict(layout.extract_states(run_id, manifest, parts.blobs))
         for entity_id in removed:
             states.pop(entity_id, None)
         states.update(changed)
@@ -681,8 +681,8 @@ class Storage(ABC):
         run_id = validate.run_id(run_id)
         if timestamp is not None:
             timestamp = validate.timestamp(timestamp)
-        manifest, packs = self._read_checked(run_id, timestamp)
-        entities = layout.extract_states(run_id, manifest, packs)
+        manifest, parts = self._read_checked(run_id, timestamp)
+        entities = layout.extract_states(run_id, manifest, parts.blobs)
         return EncodedSavepoint(manifest.timestamp, manifest.codec, entities)
 
     def describe_savepoint(self, run_id: str, timestamp: int) -> SavepointLayout:
@@ -693,12 +693,8 @@ class Storage(ABC):
         """
         run_id = validate.run_id(run_id)
         timestamp = validate.timestamp(timestamp)
-        with self._boundary(run_id, timestamp):
-            # With the blobs: a manifest's tables are blobs too.
-            parts = self._read_savepoint(run_id, timestamp, with_blobs=True)
-        if parts is None:
-            raise NoSavepointError(f"run {run_id!r} has no savepoint at {timestamp}")
-        manifest = self._decode_manifest(run_id, parts)
+        # With the blobs: a manifest's tables are blobs too.
+        manifest, parts = self._read_checked(run_id, timestamp)
         states = [StoredState(*stored) for stored in layout.stored_states(manifest)]
         packs = layout.summarize(manifest)[2]
         return SavepointLayout(
@@ -720,17 +716,12 @@ class Storage(ABC):
         key = (run_id, timestamp)
         with self._boundary(run_id, timestamp):
             head = self._read_savepoint(run_id, timestamp, with_blobs=False)
-            found = (
-                None if head is None else self._summaries.get(key, _Summaries.digest(head.manifest))
-            )
+        if head is not None:
+            found = self._summaries.get(key, _Summaries.digest(head.manifest))
             if found is not None:
                 return found
-            parts = (
-                None if head is None else self._read_savepoint(run_id, timestamp, with_blobs=True)
-            )
-        if parts is None:
-            raise NoSavepointError(f"run {run_id!r} has no savepoint at {timestamp}")
-        manifest = self._decode_manifest(run_id, parts)
+        # Not remembered (or not there: the read below says so).
+        manifest, parts = self._read_checked(run_id, timestamp)
         state_bytes, written, packs = layout.summarize(manifest)
         summary = SavepointSummary(
             timestamp, len(manifest.ids), state_bytes, written, len(parts.manifest), packs
@@ -894,14 +885,15 @@ class Storage(ABC):
 
     def _read_checked(
         self, run_id: str, timestamp: int | None
-    ) -> tuple[layout.Manifest | layout.ManifestV1, dict[str, bytes]]:
-        """A savepoint's checked manifest and its packs; NoSavepointError when there is none."""
+    ) -> tuple[layout.Manifest | layout.ManifestV1, SavepointParts]:
+        """A savepoint's checked manifest and its stored parts (the manifest's bytes, its
+        packs and tables); NoSavepointError when there is none."""
         with self._boundary(run_id, timestamp):
             parts = self._read_savepoint(run_id, timestamp, with_blobs=True)
         if parts is None:
             where = "no savepoint" if timestamp is None else f"no savepoint at {timestamp}"
             raise NoSavepointError(f"run {run_id!r} has {where}")
-        return self._decode_manifest(run_id, parts), parts.blobs
+        return self._decode_manifest(run_id, parts), parts
 
     def _decode_manifest(
         self, run_id: str, parts: SavepointParts
@@ -926,9 +918,9 @@ class Storage(ABC):
         part of it, not garbage (see :mod:`statestore.collector`).
         """
         with collector.paused():
-            manifest, packs = self._read_checked(run_id, timestamp)
+            manifest, parts = self._read_checked(run_id, timestamp)
             codec = layout.codec_for(manifest.codec, self.codec, run_id, manifest.timestamp)
-            entities = layout.decode_states(run_id, manifest, packs, codec)
+            entities = layout.decode_states(run_id, manifest, parts.blobs, codec)
             if timestamp is None and isinstance(manifest, layout.Manifest):
                 # A resumed run saves next: that save builds on what was loaded.
                 self._remember_base(run_id, manifest)
