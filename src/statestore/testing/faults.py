@@ -405,6 +405,12 @@ class FullDiskTests(BackendHooks):
                 pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
             yield tmp_path / "disk"
 
+    @staticmethod
+    def started_engine(storage: Storage) -> tuple[StateStore, list[Entity]]:
+        """A StateStore on the run, initialized at 0 with writer A's states."""
+        store = StateStore(FULL_RUN, SCHEDULE, storage=storage, keep_savepoints=3)
+        return store, store.init_run_state(0, [(e, engine_state("A", e, 0)) for e in ENTITIES])
+
     def test_a_file_size_limit_mid_save_keeps_the_previous_savepoint(self, tmp_path: Path) -> None:
         url = self.url_in(tmp_path)
         with self.open(url) as storage:
@@ -435,9 +441,7 @@ class FullDiskTests(BackendHooks):
         with self.small_disk(tmp_path) as disk:
             url = self.url_in(disk)
             with self.open(url) as storage:
-                store = StateStore(FULL_RUN, SCHEDULE, storage=storage, keep_savepoints=3)
-                first = [(e, engine_state("A", e, 0)) for e in ENTITIES]
-                entities = store.init_run_state(0, first)
+                _store, entities = self.started_engine(storage)
                 drive(entities, "A", 1000)
                 filler = fill(disk, leave=64 * 1024)
                 for entity in entities[:-1]:  # savepoint 2000 fills in memory: no write
@@ -469,9 +473,7 @@ class FullDiskTests(BackendHooks):
         with self.small_disk(tmp_path) as disk:
             url = self.url_in(disk)
             with self.open(url) as storage:
-                store = StateStore(FULL_RUN, SCHEDULE, storage=storage, keep_savepoints=3)
-                first = [(e, engine_state("A", e, 0)) for e in ENTITIES]
-                entities = store.init_run_state(0, first)
+                store, entities = self.started_engine(storage)
                 store.ack_processed_time(1000)
                 for entity in entities:
                     entity.update_state(1999, big_state("A", entity.id, 2000))
